@@ -1,0 +1,34 @@
+# Two commands matter: `make run` (install + the main job) and `make test` (the whole suite).
+VENV ?= .venv
+PYTHON ?= python3.11
+BIN := $(VENV)/bin
+# Offline machines: a local dataset mirror (see README); a sibling shared/datasets is used
+# when present, otherwise data is downloaded from the official sources.
+DCGAN_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
+export DCGAN_DATA_MIRROR
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test test-quick params clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install  ## prepare -> train -> evaluate with the default config (tens of minutes on 2 cores)
+	dvc repro
+
+test: install  ## the whole suite, slow end-to-end tests included
+	$(BIN)/pytest
+
+test-quick: install  ## unit tests only
+	$(BIN)/pytest -m 'not slow'
+
+params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/
+	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"
+
+clean:  ## remove run outputs (not the venv, not DVC's cache)
+	rm -rf data/prepared models reports/samples reports/figures outputs multirun

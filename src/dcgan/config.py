@@ -1,0 +1,227 @@
+"""Structured-config schema: the types, ranges and allowed values of every parameter.
+
+Hydra composes ``conf/`` (or DVC hands us the composed ``params.yaml``); ``validate`` merges
+that into these dataclasses, so a typo'd key, a wrong type or an out-of-range value fails
+with one line naming the key before any work starts. The schema is applied in code rather
+than through Hydra's ConfigStore because DVC composes ``conf/`` without importing us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dcgan.errors import UserError
+
+MIRROR_ENV = "DCGAN_DATA_MIRROR"
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"config key {key}: {message}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # folder under paths.prepared_dir
+    source: str = "mnist"  # entry in dcgan.data.sources.DATASETS
+    mirror: Optional[str] = None  # local mirror folder; falls back to $DCGAN_DATA_MIRROR
+    urls: list[str] = field(default_factory=list)  # base URLs tried in order when downloading
+    limit: Optional[int] = None  # use only the first N training images
+    image_size: int = 28
+    shards: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.limit is None or self.limit > 0, "data.limit", f"must be positive or null, got {self.limit}")
+        _require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
+        _require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
+
+    def mirror_dir(self) -> Optional[Path]:
+        mirror = self.mirror or os.environ.get(MIRROR_ENV)
+        return Path(mirror).expanduser() if mirror else None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dcgan_mnist"  # entry in dcgan.models.ARCHITECTURES
+    latent_dim: int = 100
+    leaky_slope: float = 0.3  # Keras' LeakyReLU default, as in the TF tutorial
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
+
+
+@dataclass
+class AdamSettings:
+    learning_rate: float = 1e-4
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass
+class RMSpropSettings:
+    learning_rate: float = 1e-4
+    rho: float = 0.9
+    momentum: float = 0.0
+    epsilon: float = 1e-7
+    clipvalue: Optional[float] = None
+
+
+OPTIMIZER_SETTINGS = {"adam": AdamSettings, "rmsprop": RMSpropSettings}
+
+
+@dataclass
+class OptimizerConfig:
+    """One optimizer family, with its own settings for each network."""
+
+    name: str = "adam"
+    generator: Any = None
+    discriminator: Any = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    seed: int = 42
+    deterministic: bool = True  # op determinism: same seed -> same weights on CPU
+    shuffle_buffer: int = 60000
+    resume: str = "auto"  # auto: resume a checkpoint of this same run; never: always start over
+    sample_seed: int = 1234  # fixed noise for the per-epoch sample grid
+    sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
+        _require(self.resume in ("auto", "never"), "train.resume", f"must be auto or never, got {self.resume!r}")
+        _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class EvaluateConfig:
+    seed: int = 7
+    grid_size: int = 8  # samples.png is grid_size x grid_size images
+    num_samples: int = 2000  # generated and real test images scored for metrics.json
+    interpolation_points: int = 4  # latent points the interpolation GIF walks through
+    interpolation_steps: int = 16  # frames between two points
+    gif_fps: float = 8.0
+
+    def __post_init__(self) -> None:
+        _require(self.grid_size >= 1, "evaluate.grid_size", f"must be at least 1, got {self.grid_size}")
+        _require(self.num_samples >= 2, "evaluate.num_samples", f"must be at least 2, got {self.num_samples}")
+        _require(self.interpolation_points >= 2, "evaluate.interpolation_points", "must be at least 2")
+        _require(self.interpolation_steps >= 1, "evaluate.interpolation_steps", "must be at least 1")
+        _require(self.gif_fps > 0, "evaluate.gif_fps", f"must be positive, got {self.gif_fps}")
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite mlflow.db at the project root
+    experiment: str = "dcgan"
+    run_name: Optional[str] = None  # null: named after the command-line overrides, if any
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PathsConfig:
+    raw_dir: str = "data/raw"  # download cache
+    prepared_dir: str = "data/prepared"
+    models_dir: str = "models"
+    reports_dir: str = "reports"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _settings(name: str, network: str, raw: Any) -> Any:
+    schema = OmegaConf.structured(OPTIMIZER_SETTINGS[name])
+    try:
+        merged = OmegaConf.merge(schema, raw if raw is not None else {})
+    except OmegaConfBaseException as exc:
+        raise UserError(f"config key optimizer.{network}.{exc.key}: {_short(exc)}") from None
+    settings = OmegaConf.to_object(merged)
+    _require(settings.learning_rate > 0, f"optimizer.{network}.learning_rate", f"must be positive, got {settings.learning_rate}")
+    if isinstance(settings, RMSpropSettings):
+        _require(settings.clipvalue is None or settings.clipvalue > 0, f"optimizer.{network}.clipvalue", "must be positive or null")
+    return settings
+
+
+def _short(exc: OmegaConfBaseException) -> str:
+    return str(exc).splitlines()[0]
+
+
+def validate(cfg: DictConfig | dict) -> Config:
+    """Check a composed config against the schema and return it as typed dataclasses."""
+    raw = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    raw = OmegaConf.to_container(raw, resolve=True)
+    raw.pop("hydra", None)
+    optimizer = raw.get("optimizer") or {}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        config: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
+        raise UserError(f"config key {key}: {_short(exc)}") from None
+    name = config.optimizer.name
+    _require(name in OPTIMIZER_SETTINGS, "optimizer.name", f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_SETTINGS)})")
+    for network in ("generator", "discriminator"):
+        setattr(config.optimizer, network, _settings(name, network, optimizer.get(network)))
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, the key form MLflow params and DVC use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# Settings that do not change what a training run computes: a checkpoint written under
+# other values of these is still the same run and may be resumed (epochs: to extend it).
+_NOT_RUN_IDENTITY = ("data.mirror", "data.urls", "data.shards", "train.epochs", "train.resume", "train.keep_checkpoints")
+_NOT_RUN_SECTIONS = ("evaluate", "tracking", "paths")
+
+
+def run_identity(config: Config) -> dict[str, Any]:
+    """The flattened settings that define a training run, for checkpoint matching."""
+    flat = flatten(to_dict(config))
+    return {
+        key: value
+        for key, value in flat.items()
+        if key not in _NOT_RUN_IDENTITY and key.split(".")[0] not in _NOT_RUN_SECTIONS
+    }
+
+
+def fingerprint(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,64 @@
+"""The one GAN model: a ``keras.Model`` holding both networks, trained with ``fit``."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class GAN(keras.Model):
+    """Generator and discriminator updated together from one forward pass per step.
+
+    As in the TensorFlow DCGAN tutorial, each step draws one noise batch, scores real and
+    generated images with the discriminator and applies both gradient updates, so G and D
+    see the same batch. Logged per epoch: ``d_loss``, ``g_loss`` and the discriminator's
+    mean probability on real images (``d_real``, D(x)) and on generated ones (``d_fake``,
+    D(G(z))).
+    """
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.latent_dim = latent_dim
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
+
+    def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss):
+        super().compile()
+        self.d_optimizer = d_optimizer
+        self.g_optimizer = g_optimizer
+        self.loss_fn = loss_fn
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, noise, training=False):
+        return self.generator(noise, training=training)
+
+    def train_step(self, real_images):
+        batch_size = tf.shape(real_images)[0]
+        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            fake_images = self.generator(noise, training=True)
+            real_logits = self.discriminator(real_images, training=True)
+            fake_logits = self.discriminator(fake_images, training=True)
+            g_loss = self.loss_fn(tf.ones_like(fake_logits), fake_logits)
+            d_loss = self.loss_fn(tf.ones_like(real_logits), real_logits) + self.loss_fn(
+                tf.zeros_like(fake_logits), fake_logits
+            )
+        g_grads = g_tape.gradient(g_loss, self.generator.trainable_weights)
+        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_weights)
+        self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_weights))
+        self.d_optimizer.apply_gradients(zip(d_grads, self.discriminator.trainable_weights))
+
+        self.trackers["d_loss"].update_state(d_loss)
+        self.trackers["g_loss"].update_state(g_loss)
+        self.trackers["d_real"].update_state(tf.reduce_mean(tf.sigmoid(real_logits)))
+        self.trackers["d_fake"].update_state(tf.reduce_mean(tf.sigmoid(fake_logits)))
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def state_variables(self) -> list:
+        """Every variable a resumed run needs: weights, BN statistics, RNG states, optimizer slots."""
+        return list(self.variables) + list(self.d_optimizer.variables) + list(self.g_optimizer.variables)

@@ -1,0 +1,77 @@
+"""The evaluate stage: trained generator -> sample grid, GIFs, metrics.json, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import imageio.v3 as iio
+import keras
+import mlflow
+import numpy as np
+
+from dcgan import metrics, tracking, viz
+from dcgan.config import Config
+from dcgan.data.pipeline import load_images
+from dcgan.data.tfrecords import load_manifest, to_uint8
+from dcgan.errors import UserError
+from dcgan.files import write_json
+from dcgan.stages.train import outputs_of
+
+log = logging.getLogger(__name__)
+
+GRID_UPSCALE = 3
+
+
+def _load(path: Path) -> keras.Model:
+    if not path.is_file():
+        raise UserError(f"{path}: trained model not found; run the train stage first (dvc repro train)")
+    return keras.models.load_model(path, compile=False)
+
+
+def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
+    paths = sorted(samples_dir.glob("epoch_*.png"))
+    if not paths:
+        raise UserError(f"{samples_dir}: no per-epoch sample grids; run the train stage first")
+    return [iio.imread(path) for path in paths]
+
+
+def evaluate(config: Config) -> dict:
+    tracking.connect(config)
+    trained = outputs_of(config)
+    figures = Path(config.paths.reports_dir) / "figures"
+    prepared = Path(config.paths.prepared_dir) / config.data.name
+    manifest = load_manifest(prepared)
+    generator = _load(trained.generator)
+    discriminator = _load(trained.discriminator)
+    latent_dim = generator.input_shape[-1]
+    settings = config.evaluate
+    rng = np.random.default_rng(settings.seed)
+
+    real, _ = load_images(prepared, manifest, "test", settings.num_samples)
+    noise = rng.standard_normal((len(real), latent_dim)).astype(np.float32)
+    fake = generator.predict(noise, batch_size=256, verbose=0)
+    scores = metrics.discriminator_scores(
+        discriminator.predict(real, batch_size=256, verbose=0), discriminator.predict(fake, batch_size=256, verbose=0)
+    )
+    scores["diversity_ratio"] = metrics.diversity_ratio(real, fake)
+    scores["num_samples"] = len(real)
+
+    grid_count = settings.grid_size**2
+    viz.save_png(figures / "samples.png", viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), GRID_UPSCALE))
+    viz.save_gif(figures / "progress.gif", _progress_frames(trained.samples), settings.gif_fps)
+    points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
+    walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
+    frames = generator.predict(walks.reshape(-1, latent_dim), batch_size=256, verbose=0)
+    frames = to_uint8(frames, manifest).reshape(len(walks), 16, *frames.shape[1:])
+    viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
+    write_json(Path(config.paths.reports_dir) / "metrics.json", scores)
+
+    run_id = json.loads(trained.run_info.read_text())["mlflow_run_id"] if trained.run_info.is_file() else None
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"eval_{key}": value for key, value in scores.items()})
+        mlflow.log_artifacts(str(figures), artifact_path="evaluation")
+        mlflow.log_artifact(str(Path(config.paths.reports_dir) / "metrics.json"), artifact_path="evaluation")
+    log.info("evaluation: %s", json.dumps(scores))
+    return scores

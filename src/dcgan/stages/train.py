@@ -1,0 +1,185 @@
+"""The train stage: prepared TFRecords -> trained GAN, checkpoints, grids and an MLflow run."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from dcgan import models, tracking
+from dcgan.callbacks import Checkpointer, MLflowMetrics, SampleGrid, Throughput
+from dcgan.checkpoints import CheckpointDir, RunState
+from dcgan.config import Config, OptimizerConfig, run_identity
+from dcgan.data.pipeline import training_dataset
+from dcgan.data.tfrecords import load_manifest, manifest_sha256
+from dcgan.errors import UserError
+from dcgan.files import write_json
+from dcgan.gan import GAN
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where a training run writes; the DVC outs of the train stage."""
+
+    models_dir: Path
+    reports_dir: Path
+
+    @property
+    def generator(self) -> Path:
+        return self.models_dir / "generator.keras"
+
+    @property
+    def discriminator(self) -> Path:
+        return self.models_dir / "discriminator.keras"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.models_dir / "checkpoints"
+
+    @property
+    def run_info(self) -> Path:
+        return self.models_dir / "run.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.reports_dir / "samples"
+
+    @property
+    def history(self) -> Path:
+        return self.reports_dir / "train_history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports_dir / "train_metrics.json"
+
+
+def outputs_of(config: Config) -> TrainOutputs:
+    return TrainOutputs(Path(config.paths.models_dir), Path(config.paths.reports_dir))
+
+
+def make_optimizer(optimizer: OptimizerConfig, network: str) -> keras.optimizers.Optimizer:
+    settings = vars(getattr(optimizer, network))
+    if optimizer.name == "adam":
+        return keras.optimizers.Adam(**settings, name=f"{network}_adam")
+    return keras.optimizers.RMSprop(**settings, name=f"{network}_rmsprop")
+
+
+def seed_everything(config: Config) -> None:
+    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_gan(config: Config, image_shape: tuple[int, int, int]) -> GAN:
+    generator, discriminator = models.build(config.model, image_shape)
+    gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed)
+    gan.compile(
+        d_optimizer=make_optimizer(config.optimizer, "discriminator"),
+        g_optimizer=make_optimizer(config.optimizer, "generator"),
+        loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    # Optimizer slots exist only once built; a checkpoint restore needs them now.
+    gan.d_optimizer.build(discriminator.trainable_variables)
+    gan.g_optimizer.build(generator.trainable_variables)
+    return gan
+
+
+def _summary(model: keras.Model) -> str:
+    buffer = io.StringIO()
+    model.summary(print_fn=lambda line, **_: buffer.write(line + "\n"))
+    return buffer.getvalue()
+
+
+def _resume_state(checkpoints: CheckpointDir, identity: dict, config: Config) -> RunState | None:
+    """The checkpoint state to resume, or None to start over (clearing a stale checkpoint)."""
+    state = checkpoints.load_state()
+    if state is None or state.checkpoint is None:
+        return None
+    if config.train.resume == "never":
+        log.info("train.resume=never: discarding the checkpoint in %s", checkpoints.folder)
+    elif state.epoch > config.train.epochs:
+        log.warning("checkpoint in %s is past epoch %d (train.epochs); starting over", checkpoints.folder, config.train.epochs)
+    elif state.identity != identity:
+        changed = sorted(k for k in set(state.identity) | set(identity) if state.identity.get(k) != identity.get(k))
+        log.warning("checkpoint in %s is from a different run (differs in: %s); starting over", checkpoints.folder, ", ".join(changed))
+    else:
+        return state
+    checkpoints.clear()
+    return None
+
+
+def _save_keras(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train(config: Config) -> dict:
+    """Train (or resume) the configured GAN; returns the final epoch's metrics."""
+    tracking.connect(config)  # before any work: an unusable store fails in seconds
+    out = outputs_of(config)
+    prepared = Path(config.paths.prepared_dir) / config.data.name
+    manifest = load_manifest(prepared)
+    count = manifest["splits"]["train"]["count"]
+    steps = count // config.train.batch_size
+    if steps == 0:
+        raise UserError(f"config key train.batch_size: {config.train.batch_size} exceeds the {count} training images in {prepared}")
+
+    seed_everything(config)
+    gan = build_gan(config, tuple(manifest["image_shape"]))
+    identity = {**run_identity(config), "data.manifest_sha256": manifest_sha256(prepared)}
+    checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
+    state = _resume_state(checkpoints, identity, config)
+    if state is not None:
+        checkpoints.restore(gan.state_variables(), state)
+        log.info("resuming from %s after epoch %d", checkpoints.folder / state.checkpoint, state.epoch)
+    else:
+        state = RunState(identity=identity)
+        shutil.rmtree(out.samples, ignore_errors=True)
+
+    noise = np.random.default_rng(config.train.sample_seed).standard_normal(
+        (config.train.sample_grid**2, config.model.latent_dim)
+    ).astype(np.float32)
+    with tracking.start_run(config, state.mlflow_run_id, tracking.provenance_tags()) as run:
+        if state.mlflow_run_id is None:
+            state.mlflow_run_id = run.info.run_id
+            mlflow.log_dict(manifest, "data/manifest.json")
+            mlflow.log_text(_summary(gan.generator) + "\n" + _summary(gan.discriminator), "model_summary.txt")
+        write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
+        callbacks = [
+            Throughput(steps * config.train.batch_size),
+            SampleGrid(noise, config.train.sample_grid, manifest, out.samples),
+            MLflowMetrics(),
+            Checkpointer(checkpoints, state, out.history),
+        ]
+        dataset = training_dataset(
+            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer, state.epoch
+        )
+        if state.epoch < config.train.epochs:
+            gan.fit(
+                dataset,
+                epochs=config.train.epochs,
+                initial_epoch=state.epoch,
+                steps_per_epoch=steps,
+                shuffle=False,  # the dataset shuffles itself, reproducibly per epoch
+                callbacks=callbacks,
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+        final = state.history[-1]
+        _save_keras(gan.generator, out.generator)
+        _save_keras(gan.discriminator, out.discriminator)
+        write_json(out.metrics, final)
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k != "epoch"})
+        tracking.log_generator(gan.generator, config.model.latent_dim)
+    return final

@@ -1,0 +1,115 @@
+"""MLflow: where runs are stored, the run lifecycle, and the logging helpers stages share."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from dcgan.config import Config, flatten, to_dict
+from dcgan.errors import UserError
+
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
+
+
+def project_root() -> Path:
+    """The project folder: the working directory, or, inside a queued DVC experiment's temp
+    copy (``<project>/.dvc/tmp/exps/...``), the project that queued it, so its runs land in
+    the same MLflow store as direct runs."""
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def tracking_uri(config: Config) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default SQLite store,
+    ``mlflow.db``, anchored at the project root (so ``mlflow ui`` there opens it)."""
+    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, before any data or training work, if the tracking store is unusable."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        path = Path(uri[len("sqlite:///") :])
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UserError(f"{path}: MLflow store is not writable (tracking.uri / MLFLOW_TRACKING_URI)")
+        try:
+            sqlite3.connect(path).close()
+        except sqlite3.Error as exc:
+            raise UserError(f"{path}: cannot open the MLflow SQLite store ({exc})") from None
+        return
+    if scheme in ("http", "https"):
+        # One quick attempt instead of MLflow's long retry loop against a dead server.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # any failure here means the store cannot be used
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"MLflow tracking store {uri} is unreachable: {reason[:300]}") from None
+
+
+def connect(config: Config) -> str:
+    uri = tracking_uri(config)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=Path.cwd())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def provenance_tags() -> dict[str, str]:
+    """What a run needs to be reproduced beyond its params: code version and environment."""
+    tags = {"python": sys.version.split()[0]}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git_commit"] = commit
+        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    for name in PACKAGES:
+        try:
+            tags[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    for variable in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        if os.environ.get(variable):
+            tags[variable.lower()] = os.environ[variable]
+    return tags
+
+
+def start_run(config: Config, run_id: Optional[str], tags: dict[str, str]) -> mlflow.ActiveRun:
+    """Open the training's run: a new one, or ``run_id`` again when resuming."""
+    try:
+        if run_id is not None:
+            return mlflow.start_run(run_id=run_id)
+        mlflow.set_experiment(config.tracking.experiment)
+        run = mlflow.start_run(run_name=config.tracking.run_name, tags=tags)
+    except MlflowException as exc:
+        raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
+    mlflow.log_params(flatten(to_dict(config)))
+    return run
+
+
+def log_generator(generator, latent_dim: int) -> None:
+    """Log the generator as an MLflow model whose signature is noise -> images."""
+    noise = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
+    signature = mlflow.models.infer_signature(noise, np.asarray(generator(noise, training=False)))
+    mlflow.tensorflow.log_model(generator, name="generator", signature=signature, input_example=noise)

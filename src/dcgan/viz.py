@@ -1,0 +1,58 @@
+"""Pictures of a generator: image grids, GIFs of grids over time, latent-space walks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from dcgan.files import atomic_write
+
+
+def grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+    """Tile N HxWxC uint8 images into one image, ``columns`` per row, with a white border."""
+    count, height, width, channels = images.shape
+    rows = -(-count // columns)
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 255, np.uint8)
+    for index, image in enumerate(images):
+        top = pad + (index // columns) * (height + pad)
+        left = pad + (index % columns) * (width + pad)
+        canvas[top : top + height, left : left + width] = image
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement so small digits stay visible in viewers."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    atomic_write(path, lambda handle: handle.write(iio.imwrite("<bytes>", image, extension=".png")))
+
+
+def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """An endlessly looping GIF; all frames must have the same size."""
+    data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation between latent vectors ``a`` and ``b`` at fractions ``t``.
+
+    Gaussian latents concentrate near a sphere; walking along it (White, 2016, "Sampling
+    generative networks") keeps every frame a typical latent, unlike a straight line.
+    """
+    cos = np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    t = t[:, None]
+    if np.isclose(np.sin(omega), 0.0):
+        return (1 - t) * a + t * b
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def latent_walk(points: np.ndarray, steps: int) -> np.ndarray:
+    """Latents visiting each of ``points`` in turn and returning to the first (a loop)."""
+    t = np.arange(steps) / steps
+    legs = [slerp(points[i], points[(i + 1) % len(points)], t) for i in range(len(points))]
+    return np.concatenate(legs).astype(np.float32)

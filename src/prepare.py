@@ -1,0 +1,15 @@
+"""Stage entry point: `python src/prepare.py [overrides]`; DVC runs it on params.yaml."""
+
+import hydra
+
+from dcgan.cli import run_stage
+from dcgan.stages.prepare import prepare
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg) -> None:
+    run_stage(prepare, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Stage entry point: `python src/train.py [overrides]`; DVC runs it on params.yaml."""
+
+import hydra
+
+from dcgan.cli import run_stage
+from dcgan.stages.train import train
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg) -> None:
+    run_stage(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
