@@ -95,21 +95,30 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-def start_run(config: Config, run_id: Optional[str], tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Open the training's run: a new one, or ``run_id`` again when resuming."""
+def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
+    """Open the training's run: a new one, or ``run_id`` again when resuming.
+
+    Params are immutable in MLflow, so a resumed run keeps its original ones; the tag
+    ``train.epochs`` follows the epoch count it is currently asked to reach.
+    """
     try:
         if run_id is not None:
-            return mlflow.start_run(run_id=run_id)
-        mlflow.set_experiment(config.tracking.experiment)
-        run = mlflow.start_run(run_name=config.tracking.run_name, tags=tags)
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            mlflow.set_experiment(config.tracking.experiment)
+            run = mlflow.start_run(run_name=config.tracking.run_name, tags={**provenance_tags(), **config.tracking.tags})
+            mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
-    mlflow.log_params(flatten(to_dict(config)))
+    mlflow.set_tag("train.epochs", config.train.epochs)
     return run
 
 
-def log_generator(generator, latent_dim: int) -> None:
-    """Log the generator as an MLflow model whose signature is noise -> images."""
+def log_generator(generator, latent_dim: int, epoch: int) -> None:
+    """Log the generator as an MLflow model whose signature is noise -> images, tagged
+    with the epoch it was trained to (a resumed run logs one model per invocation)."""
     noise = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
     signature = mlflow.models.infer_signature(noise, np.asarray(generator(noise, training=False)))
-    mlflow.tensorflow.log_model(generator, name="generator", signature=signature, input_example=noise)
+    mlflow.tensorflow.log_model(
+        generator, name="generator", signature=signature, input_example=noise, step=epoch, tags={"epoch": str(epoch)}
+    )

@@ -151,7 +151,7 @@ def train(config: Config) -> dict:
     noise = np.random.default_rng(config.train.sample_seed).standard_normal(
         (config.train.sample_grid**2, config.model.latent_dim)
     ).astype(np.float32)
-    with tracking.start_run(config, state.mlflow_run_id, tracking.provenance_tags()) as run:
+    with tracking.start_run(config, state.mlflow_run_id) as run:
         if state.mlflow_run_id is None:
             state.mlflow_run_id = run.info.run_id
             mlflow.log_dict(manifest, "data/manifest.json")
@@ -181,5 +181,5 @@ def train(config: Config) -> dict:
         _save_keras(gan.discriminator, out.discriminator)
         write_json(out.metrics, final)
         mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k != "epoch"})
-        tracking.log_generator(gan.generator, config.model.latent_dim)
+        tracking.log_generator(gan.generator, config.model.latent_dim, final["epoch"])
     return final

@@ -1,0 +1,112 @@
+"""The real entry points as a user runs them: stages, resume, MLflow contents, one-line errors."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY, run_stage
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_client(workdir) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
+    run_stage("prepare", *TINY, cwd=tmp_path)
+    first = run_stage("train", *TINY, cwd=tmp_path)
+    run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
+
+    # Asking for one more epoch continues the same run from its checkpoint.
+    second = run_stage("train", *TINY, "train.epochs=2", cwd=tmp_path)
+    assert "resuming from" in second.stdout and "resuming" not in first.stdout  # Hydra logs to stdout
+    assert json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"] == run_id
+    history = (tmp_path / "reports/train_history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,d_loss,g_loss,d_real,d_fake,images_per_sec")
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "reports/samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+
+    run_stage("evaluate", *TINY, "train.epochs=2", cwd=tmp_path)
+    figures = tmp_path / "reports/figures"
+    assert sorted(p.name for p in figures.iterdir()) == ["interpolation.gif", "progress.gif", "samples.png"]
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert set(metrics) == {"d_real", "d_fake", "d_accuracy", "diversity_ratio", "num_samples"}
+    assert metrics["num_samples"] == 200 and 0.0 <= metrics["d_accuracy"] <= 1.0
+
+    client = mlflow_client(tmp_path)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.generator.learning_rate"] == "0.0001"
+    assert run.data.params["data.limit"] == "512" and run.data.params["train.epochs"] == "1"
+    assert run.data.tags["train.epochs"] == "2"  # the resumed run's target
+    assert run.data.tags["overrides"] == "+experiment=tiny"
+    assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
+    for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    assert "eval_diversity_ratio" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"samples", "evaluation", "model_summary.txt", "data"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
+    assert "evaluation/samples.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert {m.source_run_id for m in logged} == {run_id}
+    assert sorted(m.tags["epoch"] for m in logged) == ["1", "2"]  # one per training invocation
+    final = next(m for m in logged if m.tags["epoch"] == "2")
+    model = mlflow.pyfunc.load_model(final.model_uri)
+    assert tuple(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 100)
+    assert model.predict(np.zeros((3, 100), np.float32)).shape == (3, 28, 28, 1)
+
+
+def test_changed_settings_start_over_instead_of_resuming(tmp_path):
+    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
+    run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)
+    rerun = run_stage("train", *TINY, "data.limit=128", "optimizer=rmsprop", cwd=tmp_path)
+    assert "is from a different run (differs in: optimizer" in rerun.stdout
+    assert "resuming" not in rerun.stdout
+
+
+def _last_line_error(result) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_user_errors_are_one_line(tmp_path):
+    missing = _last_line_error(run_stage("train", *TINY, cwd=tmp_path, check=False))
+    assert missing.startswith("error: ") and "prepared dataset not found" in missing
+
+    run_stage("prepare", *TINY, "data.limit=100", cwd=tmp_path)
+    too_big = _last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))
+    assert too_big.startswith("error: config key train.batch_size: 128 exceeds the 100 training images")
+
+    unknown = run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False)
+    assert unknown.returncode != 0 and "Could not find 'optimizer/adamw'" in unknown.stderr
+
+    server = _last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
+    assert server.startswith("error: MLflow tracking store http://127.0.0.1:9 is unreachable")
+    assert not (tmp_path / "models").exists()  # failed before any training work
+
+
+def test_sweep_runs_each_job_separately(tmp_path):
+    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
+    run_stage("train", "-m", *TINY, "data.limit=128", "optimizer=adam,rmsprop", cwd=tmp_path)
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("dcgan-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["optimizer.name"] for r in runs) == ["adam", "rmsprop"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["sweep_dir"] for r in runs}) == 1
+    assert sorted(r.info.run_name for r in runs) == [
+        "+experiment=tiny data.limit=128 optimizer=adam",
+        "+experiment=tiny data.limit=128 optimizer=rmsprop",
+    ]
+    # Each job trained from scratch into its own folder.
+    job_models = sorted((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))
+    assert len(job_models) == 2
+    assert not (tmp_path / "models").exists()

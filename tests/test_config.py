@@ -1,0 +1,85 @@
+"""Config composition and validation: the schema catches mistakes with one line naming the key."""
+
+import os
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose_config
+from dcgan.config import fingerprint, flatten, run_identity, to_dict, validate
+from dcgan.errors import UserError
+
+
+def test_default_config_composes_and_validates():
+    config = compose_config()
+    assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
+    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 1e-4
+    assert config.train.batch_size == 256
+
+
+def test_rmsprop_group():
+    config = compose_config(["optimizer=rmsprop", "optimizer.discriminator.clipvalue=1.0"])
+    assert type(config.optimizer.discriminator).__name__ == "RMSpropSettings"
+    assert config.optimizer.discriminator.clipvalue == 1.0 and config.optimizer.generator.clipvalue is None
+
+
+def test_params_yaml_is_the_composed_conf():
+    """params.yaml is what `dvc exp run` composes from conf/; it must not drift (`make params`)."""
+    from dvc.utils.hydra import compose_and_dump
+
+    tmp = REPO / ".pytest_params.yaml"
+    try:
+        compose_and_dump(tmp, str(REPO / "conf"), None, "config", str(REPO), [])
+        assert yaml.safe_load(tmp.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
+    validate(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # "+": Hydra itself refuses unknown keys without it; a typo in params.yaml gets here as is.
+        ("+train.epochz=3", "config key train.epochz: Key 'epochz' not in 'TrainConfig'"),
+        ("optimizer.generator.learning_rate=-0.1", "config key optimizer.generator.learning_rate: must be positive, got -0.1"),
+        ("optimizer.discriminator.learning_rate=0", "config key optimizer.discriminator.learning_rate: must be positive"),
+        ("+optimizer.generator.betta_1=0.5", "config key optimizer.generator.betta_1: Key 'betta_1' not in 'AdamSettings'"),
+        ("train.batch_size=0", "config key train.batch_size: must be at least 1, got 0"),
+        ("train.batch_size=big", "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
+        ("train.resume=maybe", "config key train.resume: must be auto or never"),
+        ("data.limit=-5", "config key data.limit: must be positive or null"),
+        ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
+        ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(UserError) as error:
+        compose_config([override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_run_identity_ignores_what_does_not_change_the_run():
+    base = compose_config()
+    longer = compose_config(["train.epochs=50", "tracking.experiment=x", "evaluate.grid_size=4", "data.shards=8"])
+    other = compose_config(["optimizer.generator.beta_1=0.5"])
+    assert fingerprint(run_identity(base)) == fingerprint(run_identity(longer))
+    assert fingerprint(run_identity(base)) != fingerprint(run_identity(other))
+
+
+def test_flatten_gives_every_leaf_a_dotted_key():
+    flat = flatten(to_dict(compose_config()))
+    assert flat["optimizer.generator.learning_rate"] == 1e-4
+    assert flat["data.urls"][0].startswith("https://")
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert len(flat) == len(flatten(OmegaConf.to_container(OmegaConf.create(to_dict(compose_config())))))
+
+
+def test_mirror_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DCGAN_DATA_MIRROR", str(tmp_path))
+    assert compose_config().data.mirror_dir() == tmp_path
+    assert compose_config([f"data.mirror={tmp_path / 'x'}"]).data.mirror_dir() == tmp_path / "x"
+    monkeypatch.delenv("DCGAN_DATA_MIRROR")
+    assert compose_config().data.mirror_dir() is None
+    assert os.environ.get("DCGAN_DATA_MIRROR") is None

@@ -1,0 +1,94 @@
+"""Architectures and the GAN model: shapes, parameter counts, a real train step, checkpoints."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, compose_config
+from dcgan import models
+from dcgan.checkpoints import CheckpointDir, RunState
+from dcgan.config import ModelConfig
+from dcgan.data.pipeline import training_dataset
+from dcgan.data.tfrecords import load_manifest
+from dcgan.errors import UserError
+from dcgan.stages.train import build_gan
+
+
+def test_tutorial_architecture_matches_published_counts():
+    generator, discriminator = models.build(ModelConfig(), (28, 28, 1))
+    assert generator.count_params() == 2_330_944
+    assert discriminator.count_params() == 212_865
+    noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
+    images = np.asarray(generator(noise, training=False))
+    assert images.shape == (3, 28, 28, 1)
+    assert -1.0 <= images.min() and images.max() <= 1.0  # tanh
+    assert np.asarray(discriminator(images)).shape == (3, 1)
+
+
+def test_image_size_the_model_cannot_make():
+    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes \(28, 28, 1\) images"):
+        models.build(ModelConfig(), (32, 32, 1))
+
+
+def test_unknown_architecture():
+    with pytest.raises(UserError, match="config key model.name: unknown architecture 'resnet'"):
+        models.build(ModelConfig(name="resnet"), (28, 28, 1))
+
+
+def _gan_and_batch(tiny_prepared):
+    folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
+    manifest = load_manifest(folder)
+    batch = next(iter(training_dataset(folder, manifest, 32, 0, 512, 0)))
+    return build_gan(tiny_prepared, (28, 28, 1)), batch
+
+
+def test_one_train_step_updates_both_networks(tiny_prepared):
+    gan, batch = _gan_and_batch(tiny_prepared)
+    before_g = [w.numpy().copy() for w in gan.generator.trainable_weights]
+    before_d = [w.numpy().copy() for w in gan.discriminator.trainable_weights]
+    logs = gan.train_step(batch)
+    assert set(logs) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert 0.0 < float(logs["d_real"]) < 1.0 and 0.0 < float(logs["d_fake"]) < 1.0
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_g, gan.generator.trainable_weights))
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_d, gan.discriminator.trainable_weights))
+    assert int(gan.g_optimizer.iterations.numpy()) == 1 and int(gan.d_optimizer.iterations.numpy()) == 1
+
+
+def test_checkpoint_round_trip_restores_every_variable(tiny_prepared, tmp_path):
+    gan, batch = _gan_and_batch(tiny_prepared)
+    gan.train_step(batch)
+    checkpoints = CheckpointDir(tmp_path, keep=1)
+    checkpoints.save(gan.state_variables(), RunState(identity={"a": 1}, epoch=1))
+    saved = [v.numpy().copy() for v in gan.state_variables()]
+    gan.train_step(batch)  # moves weights, optimizer slots and RNG states on
+
+    fresh, _ = _gan_and_batch(tiny_prepared)
+    state = checkpoints.load_state()
+    assert state.epoch == 1 and state.identity == {"a": 1}
+    checkpoints.restore(fresh.state_variables(), state)
+    assert all(np.array_equal(s, v.numpy()) for s, v in zip(saved, fresh.state_variables()))
+    # Includes the noise RNG: the restored model draws the noise the original drew next.
+    names = [v.path for v in fresh.state_variables()]
+    assert any("seed_generator" in n for n in names) and any("adam" in n for n in names)
+
+
+def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
+    gan, _ = _gan_and_batch(tiny_prepared)
+    checkpoints = CheckpointDir(tmp_path, keep=1)
+    checkpoints.save(gan.state_variables(), RunState(identity={}, epoch=1))
+    other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), (28, 28, 1))
+    with pytest.raises(UserError, match=r"variable .* has shape \(100, 12544\) in the checkpoint but \(64, 12544\)"):
+        checkpoints.restore(other.state_variables(), checkpoints.load_state())
+
+
+def test_old_checkpoints_are_pruned(tmp_path):
+    import keras
+
+    variable = keras.Variable(np.zeros(2))
+    checkpoints = CheckpointDir(tmp_path, keep=2)
+    for epoch in range(1, 5):
+        checkpoints.save([variable], RunState(identity={}, epoch=epoch))
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00003.npz", "ckpt-00004.npz"]
+    assert checkpoints.load_state().checkpoint == "ckpt-00004.npz"

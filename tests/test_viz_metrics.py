@@ -1,0 +1,57 @@
+"""Grids, GIFs, latent walks and the evaluation diagnostics."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from dcgan import metrics, viz
+
+
+def test_grid_places_images_in_rows():
+    images = np.stack([np.full((2, 3, 1), i * 10, np.uint8) for i in range(5)])
+    canvas = viz.grid(images, columns=2, pad=1)
+    assert canvas.shape == (3 * 3 + 1, 2 * 4 + 1)  # 3 rows of 2, 1px borders
+    assert canvas[1, 1] == 0 and canvas[1, 5] == 10 and canvas[4, 1] == 20 and canvas[7, 1] == 40
+    assert canvas[7, 5] == 255  # the unused sixth cell stays background
+
+
+def test_rgb_grid_keeps_channels():
+    assert viz.grid(np.zeros((4, 5, 5, 3), np.uint8), 2).shape[-1] == 3
+
+
+def test_gif_round_trip(tmp_path):
+    frames = [np.full((6, 6), v, np.uint8) for v in (0, 128, 255)]
+    viz.save_gif(tmp_path / "a.gif", frames, fps=10)
+    read = iio.imread(tmp_path / "a.gif", index=None)
+    first_pixels = read.reshape(3, 6, 6, -1)[:, 0, 0, 0]  # grey or RGB(A), depending on the plugin
+    assert np.allclose(first_pixels, [0, 128, 255], atol=2)
+
+
+def test_slerp_endpoints_and_norm():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(100), rng.standard_normal(100)
+    path = viz.slerp(a, b, np.linspace(0, 1, 5))
+    assert np.allclose(path[0], a) and np.allclose(path[-1], b)
+    # Stays near the shell where Gaussian latents live, unlike the linear midpoint.
+    assert np.linalg.norm(path[2]) > np.linalg.norm((a + b) / 2) * 1.2
+
+
+def test_latent_walk_loops_back():
+    points = np.random.default_rng(1).standard_normal((3, 8))
+    walk = viz.latent_walk(points, steps=4)
+    assert walk.shape == (12, 8) and np.allclose(walk[0], points[0]) and np.allclose(walk[4], points[1])
+
+
+def test_discriminator_scores():
+    scores = metrics.discriminator_scores(np.array([10.0, 10.0, -10.0]), np.array([-10.0, -10.0, 10.0]))
+    assert scores["d_accuracy"] == pytest.approx(4 / 6)
+    assert scores["d_real"] == pytest.approx(2 / 3, abs=1e-4)
+    assert scores["d_fake"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_diversity_ratio_detects_collapse():
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (200, 28, 28, 1))
+    assert metrics.diversity_ratio(real, rng.uniform(-1, 1, (200, 28, 28, 1))) == pytest.approx(1.0, abs=0.02)
+    collapsed = np.repeat(real[:1], 200, axis=0) + rng.normal(0, 0.01, (200, 28, 28, 1))
+    assert metrics.diversity_ratio(real, collapsed) < 0.05
