@@ -1,0 +1,135 @@
+"""The real DVC pipeline in a temp copy of the repo: repro, no-op repro, partial reruns,
+Hydra-composed `dvc exp run -S`, and queued experiments landing in the project's MLflow store."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from dvc.utils.hydra import compose_and_dump
+from mlflow import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = ["+experiment=tiny", "data.limit=256"]
+
+
+def sh(*args: str, cwd: Path, timeout: float = 900) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"  # stage commands run `python`
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh git+DVC project holding exactly the repo's tracked files, set to the tiny profile."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), TINY)
+    sh("git", "init", "-q", cwd=root)
+    sh("git", "config", "user.email", "test@localhost", cwd=root)
+    sh("git", "config", "user.name", "Test", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "project", cwd=root)
+    return root
+
+
+def ran_stages(output: str) -> list[str]:
+    return [stage for stage in ("prepare", "train", "evaluate") if f"Running stage '{stage}'" in output]
+
+
+def mlflow_runs(project: Path):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dcgan-tiny")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_repro_runs_the_pipeline_then_nothing(project):
+    first = sh("dvc", "repro", cwd=project)
+    assert ran_stages(first) == ["prepare", "train", "evaluate"]
+    for path in (
+        "data/prepared/mnist/manifest.json",
+        "models/generator.keras",
+        "models/discriminator.keras",
+        "models/checkpoints/state.json",
+        "reports/train_history.csv",
+        "reports/train_metrics.json",
+        "reports/metrics.json",
+        "reports/figures/samples.png",
+        "reports/figures/progress.gif",
+        "reports/figures/interpolation.gif",
+    ):
+        assert (project / path).is_file(), path
+
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))
+    workspace = next(iter(metrics.values()))["data"]  # the workspace entry
+    assert "diversity_ratio" in workspace["reports/metrics.json"]["data"]
+    assert "g_loss" in workspace["reports/train_metrics.json"]["data"]
+
+    client, runs = mlflow_runs(project)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert runs[0].data.params["data.limit"] == "256"
+    assert "eval_d_accuracy" in runs[0].data.metrics
+    assert "evaluation/progress.gif" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
+
+    second = sh("dvc", "repro", cwd=project)
+    assert ran_stages(second) == []
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
+
+
+def test_changed_training_param_reruns_train_and_evaluate_only(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 42", "seed: 43"))
+    output = sh("dvc", "repro", cwd=project)
+    assert ran_stages(output) == ["train", "evaluate"]
+    sh("git", "checkout", "params.yaml", cwd=project)
+
+
+def test_exp_run_composes_hydra_overrides(project):
+    output = sh("dvc", "exp", "run", "-n", "rms", *(f"-S{o}" for o in TINY), "-S", "optimizer=rmsprop", cwd=project)
+    assert "prepare" not in ran_stages(output)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project))
+    names = [exp.get("name") for baseline in shown for exp in baseline.get("experiments") or []]
+    assert "rms" in names
+    _, runs = mlflow_runs(project)
+    assert runs[-1].data.params["optimizer.name"] == "rmsprop"
+
+
+def test_queued_sweep_lands_in_the_project_mlflow_store(project):
+    _, before = mlflow_runs(project)
+    sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in TINY), "-S", "train.seed=7", "-S", "optimizer=adam,rmsprop", cwd=project)
+    sh("dvc", "queue", "start", cwd=project)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project))
+    queued = [
+        exp["revs"][0]["data"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+        if exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["seed"] == 7
+    ]
+    assert sorted(d["params"]["params.yaml"]["data"]["optimizer"]["name"] for d in queued) == ["adam", "rmsprop"]
+    assert all("diversity_ratio" in d["metrics"]["reports/metrics.json"]["data"] for d in queued)
+
+    _, after = mlflow_runs(project)
+    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    assert sorted(r.data.params["optimizer.name"] for r in new) == ["adam", "rmsprop"]
+    assert all(r.info.status == "FINISHED" and "dvc_exp_name" in r.data.tags for r in new)
