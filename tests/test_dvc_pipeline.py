@@ -49,10 +49,10 @@ def ran_stages(output: str) -> list[str]:
     return [stage for stage in ("prepare", "train", "evaluate") if f"Running stage '{stage}'" in output]
 
 
-def mlflow_runs(project: Path):
+def mlflow_runs(project: Path, experiment: str = "dcgan-tiny"):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dcgan-tiny")
-    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def test_repro_runs_the_pipeline_then_nothing(project):
@@ -108,8 +108,9 @@ def test_exp_run_composes_hydra_overrides(project):
 
 
 def test_queued_sweep_lands_in_the_project_mlflow_store(project):
-    _, before = mlflow_runs(project)
-    sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in TINY), "-S", "train.seed=7", "-S", "optimizer=adam,rmsprop", cwd=project)
+    # A new experiment name: the queued runs create it from inside DVC's temp copies.
+    overrides = [*TINY, "train.seed=7", "tracking.experiment=queued", "optimizer=adam,rmsprop"]
+    sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in overrides), cwd=project)
     sh("dvc", "queue", "start", cwd=project)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -129,7 +130,10 @@ def test_queued_sweep_lands_in_the_project_mlflow_store(project):
     assert sorted(d["params"]["params.yaml"]["data"]["optimizer"]["name"] for d in queued) == ["adam", "rmsprop"]
     assert all("diversity_ratio" in d["metrics"]["reports/metrics.json"]["data"] for d in queued)
 
-    _, after = mlflow_runs(project)
-    new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
+    _, new = mlflow_runs(project, "queued")
     assert sorted(r.data.params["optimizer.name"] for r in new) == ["adam", "rmsprop"]
     assert all(r.info.status == "FINISHED" and "dvc_exp_name" in r.data.tags for r in new)
+    # Artifacts too outlive the queue's temp copies: they live in the project.
+    for run in new:
+        assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+        assert Path(run.info.artifact_uri.removeprefix("file://"), "evaluation", "samples.png").is_file()

@@ -95,6 +95,17 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
+def _experiment_id(name: str) -> str:
+    """The experiment's id, creating it if needed. With a local SQLite store, artifacts go
+    to ``<project>/mlartifacts`` (not a path relative to wherever the first run happened
+    to start, which for a queued DVC experiment is a temp copy deleted afterwards)."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
+    return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None)
+
+
 def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     """Open the training's run: a new one, or ``run_id`` again when resuming.
 
@@ -105,7 +116,7 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
         else:
-            mlflow.set_experiment(config.tracking.experiment)
+            mlflow.set_experiment(experiment_id=_experiment_id(config.tracking.experiment))
             run = mlflow.start_run(run_name=config.tracking.run_name, tags={**provenance_tags(), **config.tracking.tags})
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
