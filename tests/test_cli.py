@@ -80,6 +80,8 @@ def _last_line_error(result) -> str:
 def test_user_errors_are_one_line(tmp_path):
     missing = _last_line_error(run_stage("train", *TINY, cwd=tmp_path, check=False))
     assert missing.startswith("error: ") and "prepared dataset not found" in missing
+    untrained = _last_line_error(run_stage("evaluate", *TINY, cwd=tmp_path, check=False))
+    assert untrained == "error: models/run.json: not found; run the train stage first (dvc repro train)"
 
     run_stage("prepare", *TINY, "data.limit=100", cwd=tmp_path)
     too_big = _last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))

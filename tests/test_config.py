@@ -51,6 +51,7 @@ def test_params_yaml_is_the_composed_conf():
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
+        ("evaluate.grid_size=50", "config key evaluate.grid_size: a 50x50 grid needs more than evaluate.num_samples=2000"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -123,6 +123,11 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _require(self.grid_size >= 1, "evaluate.grid_size", f"must be at least 1, got {self.grid_size}")
         _require(self.num_samples >= 2, "evaluate.num_samples", f"must be at least 2, got {self.num_samples}")
+        _require(
+            self.grid_size**2 <= self.num_samples,
+            "evaluate.grid_size",
+            f"a {self.grid_size}x{self.grid_size} grid needs more than evaluate.num_samples={self.num_samples} images",
+        )
         _require(self.interpolation_points >= 2, "evaluate.interpolation_points", "must be at least 2")
         _require(self.interpolation_steps >= 1, "evaluate.interpolation_steps", "must be at least 1")
         _require(self.gif_fps > 0, "evaluate.gif_fps", f"must be positive, got {self.gif_fps}")

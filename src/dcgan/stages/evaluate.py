@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import keras
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from dcgan import metrics, tracking, viz
 from dcgan.config import Config
@@ -30,6 +31,18 @@ def _load(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
+def _training_run_id(run_info: Path) -> str:
+    """The MLflow run the train stage recorded, checked to exist in the current store."""
+    if not run_info.is_file():
+        raise UserError(f"{run_info}: not found; run the train stage first (dvc repro train)")
+    run_id = json.loads(run_info.read_text())["mlflow_run_id"]
+    try:
+        mlflow.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"{run_info}: MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}") from None
+    return run_id
+
+
 def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
     paths = sorted(samples_dir.glob("epoch_*.png"))
     if not paths:
@@ -40,6 +53,7 @@ def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
 def evaluate(config: Config) -> dict:
     tracking.connect(config)
     trained = outputs_of(config)
+    run_id = _training_run_id(trained.run_info)
     figures = Path(config.paths.reports_dir) / "figures"
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
@@ -68,7 +82,6 @@ def evaluate(config: Config) -> dict:
     viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
     write_json(Path(config.paths.reports_dir) / "metrics.json", scores)
 
-    run_id = json.loads(trained.run_info.read_text())["mlflow_run_id"] if trained.run_info.is_file() else None
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"eval_{key}": value for key, value in scores.items()})
         mlflow.log_artifacts(str(figures), artifact_path="evaluation")
