@@ -12,11 +12,11 @@ from dcgan.config import ModelConfig
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
-from dcgan.stages.train import build_gan
+from dcgan.stages.train import build_gan, make_optimizer
 
 
 def test_tutorial_architecture_matches_published_counts():
-    generator, discriminator = models.build(ModelConfig(), (28, 28, 1))
+    generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
     assert generator.count_params() == 2_330_944
     assert discriminator.count_params() == 212_865
     noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
@@ -27,20 +27,20 @@ def test_tutorial_architecture_matches_published_counts():
 
 
 def test_image_size_the_model_cannot_make():
-    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes \(28, 28, 1\) images"):
-        models.build(ModelConfig(), (32, 32, 1))
+    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the prepared data is \(32, 32, 1\)"):
+        models.build(ModelConfig(), (32, 32, 1), [-1.0, 1.0])
 
 
 def test_unknown_architecture():
     with pytest.raises(UserError, match="config key model.name: unknown architecture 'resnet'"):
-        models.build(ModelConfig(name="resnet"), (28, 28, 1))
+        models.build(ModelConfig(name="resnet"), (28, 28, 1), [-1.0, 1.0])
 
 
 def _gan_and_batch(tiny_prepared):
     folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
     manifest = load_manifest(folder)
     batch = next(iter(training_dataset(folder, manifest, 32, 0, 512, 0)))
-    return build_gan(tiny_prepared, (28, 28, 1)), batch
+    return build_gan(tiny_prepared, manifest), batch
 
 
 def test_one_train_step_updates_both_networks(tiny_prepared):
@@ -78,7 +78,8 @@ def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
     gan, _ = _gan_and_batch(tiny_prepared)
     checkpoints = CheckpointDir(tmp_path, keep=1)
     checkpoints.save(gan.state_variables(), RunState(identity={}, epoch=1))
-    other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), (28, 28, 1))
+    manifest = load_manifest(Path(tiny_prepared.paths.prepared_dir) / "mnist")
+    other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), manifest)
     with pytest.raises(UserError, match=r"variable .* has shape \(100, 12544\) in the checkpoint but \(64, 12544\)"):
         checkpoints.restore(other.state_variables(), checkpoints.load_state())
 
@@ -92,3 +93,61 @@ def test_old_checkpoints_are_pruned(tmp_path):
         checkpoints.save([variable], RunState(identity={}, epoch=epoch))
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00003.npz", "ckpt-00004.npz"]
     assert checkpoints.load_state().checkpoint == "ckpt-00004.npz"
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("dcgan", (32, 32, 1)),
+        ("dcgan", (64, 64, 3)),
+        ("dcgan", (128, 128, 3)),
+        ("dcgan_fashion", (28, 28, 1)),
+        ("dcgan_fashion", (32, 32, 3)),
+        ("dcgan_rgb128", (128, 128, 3)),
+        ("dcgan_rgb128", (128, 128, 1)),
+    ],
+)
+def test_every_architecture_builds_and_trains_a_step(name, shape):
+    config = compose_config([f"model={name}"])
+    model = config.model
+    generator, discriminator = models.build(model, shape, [-1.0, 1.0])
+    noise = np.random.default_rng(0).standard_normal((2, model.latent_dim)).astype(np.float32)
+    images = np.asarray(generator(noise, training=False))
+    assert images.shape == (2, *shape) and -1.0 <= images.min() and images.max() <= 1.0
+    scores = np.asarray(discriminator(images, training=False))
+    assert scores.shape == (2, 1)
+    if model.d_output == "sigmoid":
+        assert 0.0 <= scores.min() and scores.max() <= 1.0
+
+    from dcgan.gan import GAN
+    from dcgan.stages.train import make_optimizer
+
+    import keras
+
+    gan = GAN(generator, discriminator, model.latent_dim, seed=0, label_noise=config.train.label_noise or 0.1)
+    gan.compile(
+        make_optimizer(config.optimizer, "discriminator"),
+        make_optimizer(config.optimizer, "generator"),
+        keras.losses.BinaryCrossentropy(from_logits=model.d_output == "logits"),
+    )
+    before = generator.trainable_weights[0].numpy().copy()
+    logs = gan.train_step(np.random.default_rng(1).uniform(-1, 1, (4, *shape)).astype(np.float32))
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert not np.array_equal(before, generator.trainable_weights[0].numpy())
+
+
+def test_dcgan_follows_the_paper_layout():
+    generator, discriminator = models.build(compose_config(["model=dcgan"]).model, (64, 64, 3), [0.0, 1.0])
+    kinds = [type(layer).__name__ for layer in generator.layers]
+    assert "Dense" not in kinds and kinds.count("Conv2DTranspose") == 5  # 1 -> 4 -> 8 -> 16 -> 32 -> 64
+    assert generator.layers[-1].activation.__name__ == "sigmoid"  # follows data.pixel_range [0, 1]
+    assert [layer.filters for layer in generator.layers if hasattr(layer, "filters")] == [512, 256, 128, 64, 3]
+    assert not any("Pooling" in type(layer).__name__ for layer in discriminator.layers)
+
+
+def test_rmsprop_decay_matches_keras2():
+    config = compose_config(["optimizer=rmsprop", "optimizer.generator.decay=0.01", "optimizer.generator.clipvalue=1.0"])
+    optimizer = make_optimizer(config.optimizer, "generator")
+    assert optimizer.clipvalue == 1.0
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
+    assert float(schedule(100)) == pytest.approx(1e-4 / (1 + 0.01 * 100))

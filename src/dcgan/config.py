@@ -28,24 +28,52 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise UserError(f"config key {key}: {message}")
 
 
+PIXEL_RANGES = ([-1.0, 1.0], [0.0, 1.0])  # generator output: tanh, sigmoid
+LABEL_SOURCES = ("none", "subfolder", "prefix")
+MIRROR_PREFIX = "mirror:"
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"  # folder under paths.prepared_dir
-    source: str = "mnist"  # entry in dcgan.data.sources.DATASETS
+    source: str = "mnist"  # an IDX dataset of dcgan.data.sources.DATASETS, or image_folder
     mirror: Optional[str] = None  # local mirror folder; falls back to $DCGAN_DATA_MIRROR
     urls: list[str] = field(default_factory=list)  # base URLs tried in order when downloading
     limit: Optional[int] = None  # use only the first N training images
     image_size: int = 28
+    channels: int = 1  # image folders: 1 (grey) or 3 (RGB); IDX data is grey
+    pixel_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
     shards: int = 4
+    # image_folder only:
+    path: Optional[str] = None  # the folder; "mirror:<sub/path>" is inside the dataset mirror
+    labels: str = "none"  # none | subfolder (Keras convention) | prefix (data.label_pattern)
+    label_pattern: str = "^([^_]+)_"  # regex whose first group is the class, for labels=prefix
+    test_fraction: float = 0.1  # held out, chosen by a hash of each file's path
+    max_skipped_fraction: float = 0.05  # more unreadable/too-small files than this is an error
 
     def __post_init__(self) -> None:
         _require(self.limit is None or self.limit > 0, "data.limit", f"must be positive or null, got {self.limit}")
         _require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
         _require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
+        _require(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
+        _require(list(self.pixel_range) in PIXEL_RANGES, "data.pixel_range", f"must be [-1, 1] or [0, 1], got {list(self.pixel_range)}")
+        _require(self.labels in LABEL_SOURCES, "data.labels", f"must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}")
+        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _require(0.0 <= self.max_skipped_fraction <= 1.0, "data.max_skipped_fraction", "must be in [0, 1]")
+        _require(self.source != "image_folder" or bool(self.path), "data.path", "an image_folder source needs a folder")
 
     def mirror_dir(self) -> Optional[Path]:
         mirror = self.mirror or os.environ.get(MIRROR_ENV)
         return Path(mirror).expanduser() if mirror else None
+
+    def folder(self) -> Path:
+        """The image folder: ``data.path``, with a ``mirror:`` prefix resolved against the mirror."""
+        if not self.path.startswith(MIRROR_PREFIX):
+            return Path(self.path).expanduser()
+        mirror = self.mirror_dir()
+        if mirror is None:
+            raise UserError(f"config key data.path: {self.path!r} is inside the dataset mirror, but none is set (data.mirror or ${MIRROR_ENV})")
+        return mirror / self.path[len(MIRROR_PREFIX) :]
 
 
 @dataclass
@@ -54,11 +82,21 @@ class ModelConfig:
     latent_dim: int = 100
     leaky_slope: float = 0.3  # Keras' LeakyReLU default, as in the TF tutorial
     dropout: float = 0.3
+    d_output: str = "logits"  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
+    filters: int = 64  # base width (dcgan, dcgan_fashion, dcgan_rgb128)
+    max_filters: int = 512  # dcgan: width cap
+    g_activation: str = "relu"  # dcgan: relu (Radford et al.) or leaky_relu
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
+        _require(self.d_output in ("logits", "sigmoid"), "model.d_output", f"must be logits or sigmoid, got {self.d_output!r}")
+        _require(self.filters >= 1 and self.max_filters >= self.filters, "model.filters", "must be >= 1 and <= model.max_filters")
+        _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
+
+    def d_activation(self) -> Optional[str]:
+        return "sigmoid" if self.d_output == "sigmoid" else None
 
 
 @dataclass
@@ -76,6 +114,7 @@ class RMSpropSettings:
     momentum: float = 0.0
     epsilon: float = 1e-7
     clipvalue: Optional[float] = None
+    decay: float = 0.0  # Keras 2's per-step decay: lr / (1 + decay * step)
 
 
 OPTIMIZER_SETTINGS = {"adam": AdamSettings, "rmsprop": RMSpropSettings}
@@ -101,6 +140,7 @@ class TrainConfig:
     sample_seed: int = 1234  # fixed noise for the per-epoch sample grid
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
+    label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -108,6 +148,7 @@ class TrainConfig:
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _require(self.resume in ("auto", "never"), "train.resume", f"must be auto or never, got {self.resume!r}")
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
+        _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
 
 
@@ -170,6 +211,7 @@ def _settings(name: str, network: str, raw: Any) -> Any:
     _require(settings.learning_rate > 0, f"optimizer.{network}.learning_rate", f"must be positive, got {settings.learning_rate}")
     if isinstance(settings, RMSpropSettings):
         _require(settings.clipvalue is None or settings.clipvalue > 0, f"optimizer.{network}.clipvalue", "must be positive or null")
+        _require(settings.decay >= 0, f"optimizer.{network}.decay", f"must be >= 0, got {settings.decay}")
     return settings
 
 

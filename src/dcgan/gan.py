@@ -13,22 +13,31 @@ class GAN(keras.Model):
     generated images with the discriminator and applies both gradient updates, so G and D
     see the same batch. Logged per epoch: ``d_loss``, ``g_loss`` and the discriminator's
     mean probability on real images (``d_real``, D(x)) and on generated ones (``d_fake``,
-    D(G(z))).
+    D(G(z))). The discriminator ends in logits or in a sigmoid, as ``loss_fn.from_logits`` says.
+    With ``label_noise`` > 0 its targets are softened at random (real 1 - u, fake u).
     """
 
-    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, **kwargs):
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, label_noise: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
         self.latent_dim = latent_dim
+        self.label_noise = label_noise
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
 
-    def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.Loss):
+    def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.BinaryCrossentropy):
         super().compile()
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
         self.loss_fn = loss_fn
+        self.probability = tf.sigmoid if loss_fn.from_logits else tf.identity
+
+    def _noisy(self, target: float, like: tf.Tensor) -> tf.Tensor:
+        if not self.label_noise:
+            return tf.fill(tf.shape(like), target)
+        jitter = self.label_noise * keras.random.uniform(tf.shape(like), seed=self.seed_generator)
+        return target + jitter if target == 0.0 else target - jitter
 
     @property
     def metrics(self):
@@ -42,12 +51,10 @@ class GAN(keras.Model):
         noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake_images = self.generator(noise, training=True)
-            real_logits = self.discriminator(real_images, training=True)
-            fake_logits = self.discriminator(fake_images, training=True)
-            g_loss = self.loss_fn(tf.ones_like(fake_logits), fake_logits)
-            d_loss = self.loss_fn(tf.ones_like(real_logits), real_logits) + self.loss_fn(
-                tf.zeros_like(fake_logits), fake_logits
-            )
+            real_out = self.discriminator(real_images, training=True)
+            fake_out = self.discriminator(fake_images, training=True)
+            g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
+            d_loss = self.loss_fn(self._noisy(1.0, real_out), real_out) + self.loss_fn(self._noisy(0.0, fake_out), fake_out)
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_weights)
         d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_weights))
@@ -55,8 +62,8 @@ class GAN(keras.Model):
 
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
-        self.trackers["d_real"].update_state(tf.reduce_mean(tf.sigmoid(real_logits)))
-        self.trackers["d_fake"].update_state(tf.reduce_mean(tf.sigmoid(fake_logits)))
+        self.trackers["d_real"].update_state(tf.reduce_mean(self.probability(real_out)))
+        self.trackers["d_fake"].update_state(tf.reduce_mean(self.probability(fake_out)))
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def state_variables(self) -> list:

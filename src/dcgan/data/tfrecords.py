@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -41,17 +41,18 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, split: str, images: Iterator[np.ndarray], labels: np.ndarray, shards: int) -> dict:
-    """Write ``labels.size`` uint8 images round-robin into ``shards`` files (balanced sizes)."""
-    count = int(labels.size)
-    shards = max(1, min(shards, count))
+def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, int]], expected: int, shards: int) -> dict:
+    """Write (HxWxC uint8 image, label) pairs round-robin into ``shards`` files (balanced sizes)."""
+    shards = max(1, min(shards, expected))
     names = [f"{split}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
     writers = [tf.io.TFRecordWriter(str(folder / name)) for name in names]
     per_shard = [0] * shards
+    count = 0
     try:
-        for index, image in enumerate(tqdm(images, total=count, desc=f"writing {split}", unit="img")):
-            writers[index % shards].write(_example(image, labels[index]))
-            per_shard[index % shards] += 1
+        for image, label in tqdm(examples, total=expected, desc=f"writing {split}", unit="img"):
+            writers[count % shards].write(_example(image, label))
+            per_shard[count % shards] += 1
+            count += 1
     finally:
         for writer in writers:
             writer.close()
@@ -63,18 +64,19 @@ def _write_split(folder: Path, split: str, images: Iterator[np.ndarray], labels:
     }
 
 
-def write_prepared(target: Path, splits: dict[str, tuple[Iterator[np.ndarray], np.ndarray]], shards: int, manifest: dict) -> dict:
+def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarray, int]], int]], shards: int, manifest: dict) -> dict:
     """Atomically (re)create ``target`` with one set of shards per split and the manifest.
 
-    ``splits`` maps a split name to (an iterator of HxWxC uint8 images, their labels).
+    ``splits`` maps a split name to (an iterable of (image, label) pairs, how many to
+    expect); the iterable may raise to abandon the whole dataset. The iterables are
+    consumed before ``manifest`` is written, so it may hold what they found out.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is for everyone who can read the project
     try:
-        manifest = dict(manifest, format_version=FORMAT_VERSION, splits={})
-        for split, (images, labels) in splits.items():
-            manifest["splits"][split] = _write_split(tmp, split, images, labels, shards)
+        written = {split: _write_split(tmp, split, examples, expected, shards) for split, (examples, expected) in splits.items()}
+        manifest = dict(manifest, format_version=FORMAT_VERSION, splits=written)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,9 @@
-"""Architectures: each module only builds a generator and a discriminator for a config."""
+"""Architectures: each module only builds a generator and a discriminator for a config.
+
+A module provides ``check(image_shape)`` (None, or why it cannot make that shape),
+``build_generator(model, image_shape, output_activation)`` and
+``build_discriminator(model, image_shape)``.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,27 @@ import keras
 
 from dcgan.config import ModelConfig
 from dcgan.errors import UserError
-from dcgan.models import dcgan_mnist
+from dcgan.models import dcgan, dcgan_fashion, dcgan_mnist, dcgan_rgb128
 
-ARCHITECTURES: dict[str, ModuleType] = {"dcgan_mnist": dcgan_mnist}
+ARCHITECTURES: dict[str, ModuleType] = {
+    "dcgan_mnist": dcgan_mnist,
+    "dcgan_fashion": dcgan_fashion,
+    "dcgan_rgb128": dcgan_rgb128,
+    "dcgan": dcgan,
+}
 
 
-def build(model: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[keras.Model, keras.Model]:
-    """Build (generator, discriminator) for ``model.name``, checked against the data's image shape."""
+def build(model: ModelConfig, image_shape: tuple[int, int, int], pixel_range: list[float]) -> tuple[keras.Model, keras.Model]:
+    """Build (generator, discriminator) for ``model.name`` and the prepared data's shape and
+    range: tanh output for [-1, 1] pixels, sigmoid for [0, 1]."""
     if model.name not in ARCHITECTURES:
         raise UserError(f"config key model.name: unknown architecture {model.name!r} (choose from {', '.join(ARCHITECTURES)})")
     architecture = ARCHITECTURES[model.name]
-    if tuple(image_shape) != architecture.IMAGE_SHAPE:
-        raise UserError(
-            f"config key data.image_size: model {model.name} makes {architecture.IMAGE_SHAPE} images "
-            f"but the prepared data is {tuple(image_shape)}"
-        )
-    return architecture.build_generator(model), architecture.build_discriminator(model)
+    problem = architecture.check(tuple(image_shape))
+    if problem:
+        raise UserError(f"config key data.image_size: model {model.name} {problem}, but the prepared data is {tuple(image_shape)}")
+    output_activation = "tanh" if pixel_range[0] < 0 else "sigmoid"
+    return (
+        architecture.build_generator(model, tuple(image_shape), output_activation),
+        architecture.build_discriminator(model, tuple(image_shape)),
+    )

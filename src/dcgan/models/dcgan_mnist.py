@@ -7,11 +7,13 @@ from keras import layers
 
 from dcgan.config import ModelConfig
 
-IMAGE_SHAPE = (28, 28, 1)
+
+def check(image_shape: tuple[int, int, int]) -> str | None:
+    return None if tuple(image_shape) == (28, 28, 1) else "makes 28x28x1 images only"
 
 
-def build_generator(model: ModelConfig) -> keras.Model:
-    """Dense 7x7x256 -> 7x7x128 -> 14x14x64 -> 28x28x1 (tanh): 2,330,944 parameters at latent 100."""
+def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+    """Dense 7x7x256 -> 7x7x128 -> 14x14x64 -> 28x28x1: 2,330,944 parameters at latent 100."""
     slope = model.leaky_slope
     return keras.Sequential(
         [
@@ -27,18 +29,18 @@ def build_generator(model: ModelConfig) -> keras.Model:
             layers.BatchNormalization(),
             layers.LeakyReLU(slope),
             # float32 output keeps the image range exact under mixed precision.
-            layers.Conv2DTranspose(1, 5, strides=2, padding="same", use_bias=False, activation="tanh", dtype="float32"),
+            layers.Conv2DTranspose(1, 5, strides=2, padding="same", use_bias=False, activation=output_activation, dtype="float32"),
         ],
         name="generator",
     )
 
 
-def build_discriminator(model: ModelConfig) -> keras.Model:
-    """Two strided 5x5 convolutions with dropout, then one logit: 212,865 parameters."""
+def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -> keras.Model:
+    """Two strided 5x5 convolutions with dropout, then one output: 212,865 parameters."""
     slope = model.leaky_slope
     return keras.Sequential(
         [
-            keras.Input(IMAGE_SHAPE),
+            keras.Input(image_shape),
             layers.Conv2D(64, 5, strides=2, padding="same"),
             layers.LeakyReLU(slope),
             layers.Dropout(model.dropout),
@@ -46,7 +48,7 @@ def build_discriminator(model: ModelConfig) -> keras.Model:
             layers.LeakyReLU(slope),
             layers.Dropout(model.dropout),
             layers.Flatten(),
-            layers.Dense(1, dtype="float32"),
+            layers.Dense(1, activation=model.d_activation(), dtype="float32"),
         ],
         name="discriminator",
     )

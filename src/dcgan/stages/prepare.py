@@ -1,24 +1,29 @@
-"""The prepare stage: raw source files -> verified arrays -> resized uint8 TFRecord shards."""
+"""The prepare stage: a source (IDX files or an image folder) -> resized uint8 TFRecord shards."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from dcgan.config import Config
-from dcgan.data import idx, sources
+from dcgan.config import Config, DataConfig
+from dcgan.data import idx, image_folder, sources
 from dcgan.data.tfrecords import write_prepared
+from dcgan.errors import UserError
 
 log = logging.getLogger(__name__)
 
 RESIZE_CHUNK = 1024
-# Pixels are stored as uint8 (lossless for 8-bit sources, 4x smaller than float32) and
-# mapped to the model's range on read: x * scale + offset takes 0..255 to [-1, 1].
-NORMALIZATION = {"range": [-1.0, 1.0], "scale": 1.0 / 127.5, "offset": -1.0}
+
+
+def normalization(pixel_range: list[float]) -> dict:
+    """Pixels are stored as uint8 (lossless for 8-bit sources, 4x smaller than float32) and
+    mapped to the model's range on read as x * scale + offset."""
+    low, high = pixel_range
+    return {"range": [low, high], "scale": (high - low) / 255.0, "offset": low}
 
 
 def _resized(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -32,36 +37,84 @@ def _resized(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield from np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
 
 
-def prepare(config: Config) -> dict:
+def _idx_splits(config: Config) -> tuple[dict, dict]:
     data = config.data
+    if data.channels != 1:
+        raise UserError(f"config key data.channels: {data.source} images are greyscale (1 channel), got {data.channels}")
     spec = sources.dataset(data.source)
     contents = sources.fetch(data.source, data.mirror_dir(), data.urls, Path(config.paths.raw_dir) / data.source)
-    train_x, train_y = idx.parse_pair(
-        contents[spec.train_images.name], contents[spec.train_labels.name], spec.train_images.name, spec.train_labels.name
-    )
-    test_x, test_y = idx.parse_pair(
-        contents[spec.test_images.name], contents[spec.test_labels.name], spec.test_images.name, spec.test_labels.name
-    )
+    arrays = {}
+    for split, images, labels in (("train", spec.train_images, spec.train_labels), ("test", spec.test_images, spec.test_labels)):
+        arrays[split] = idx.parse_pair(contents[images.name], contents[labels.name], images.name, labels.name)
     if data.limit is not None:
-        train_x, train_y = train_x[: data.limit], train_y[: data.limit]
-    size = data.image_size
+        arrays["train"] = tuple(a[: data.limit] for a in arrays["train"])
+    splits = {split: (zip(_resized(x, data.image_size), y), len(y)) for split, (x, y) in arrays.items()}
+    described = {
+        "source_files": {raw.name: raw.sha256 for raw in spec.files()},
+        "original_shape": list(arrays["train"][0].shape[1:]) + [1],
+        "resize": None if arrays["train"][0].shape[1] == data.image_size else "bilinear, antialiased",
+        "num_classes": int(max(y.max() for _, y in arrays.values())) + 1,
+    }
+    return splits, described
+
+
+def _checked(examples: Iterable, skipped: list[dict], total: int, folder: Path, data: DataConfig) -> Iterator:
+    """Pass examples through; once all are seen, fail if too many files were skipped."""
+    yield from examples
+    if skipped and (len(skipped) == total or len(skipped) > data.max_skipped_fraction * total):
+        kind = f"all {total}" if len(skipped) == total else f"{len(skipped)} of {total}"
+        raise UserError(
+            f"{folder}: {kind} image files could not be used (first: {skipped[0]['file']}: {skipped[0]['reason']}); "
+            f"data.max_skipped_fraction is {data.max_skipped_fraction}"
+        )
+
+
+def _image_folder_splits(config: Config) -> tuple[dict, dict]:
+    data = config.data
+    folder = data.folder()
+    files, classes = image_folder.list_images(folder, data.labels, data.label_pattern)
+    by_split = {"train": [], "test": []}
+    for file in files:
+        by_split["test" if image_folder.in_test_split(file.relative, data.test_fraction) else "train"].append(file)
+    if not by_split["train"] or not by_split["test"]:
+        raise UserError(f"{folder}: {len(files)} image files are too few for both a train and a test split (data.test_fraction)")
+    if data.limit is not None:
+        by_split["train"] = by_split["train"][: data.limit]
+    skipped: list[dict] = []
+    splits = {
+        split: (
+            _checked(image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), skipped, len(files), folder, data),
+            len(chosen),
+        )
+        for split, chosen in by_split.items()
+    }
+    described = {
+        "source_folder": str(folder),
+        "source_files": len(files),
+        "classes": classes,
+        "num_classes": len(classes),
+        "resize": "center crop to square, bicubic",
+        "skipped": skipped,  # filled in while the splits are written
+    }
+    return splits, described
+
+
+def prepare(config: Config) -> dict:
+    data = config.data
+    splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(config)
+    target = Path(config.paths.prepared_dir) / data.name
+    log.info("preparing %s (%s) at %dx%dx%d into %s", data.name, data.source, data.image_size, data.image_size, data.channels, target)
     manifest = {
         "dataset": data.name,
         "source": data.source,
-        "source_files": {raw.name: raw.sha256 for raw in spec.files()},
         "limit": data.limit,
-        "original_shape": list(train_x.shape[1:]) + [1],
-        "image_shape": [size, size, 1],
+        "image_shape": [data.image_size, data.image_size, data.channels],
         "storage_dtype": "uint8",
-        "resize": None if size == train_x.shape[1] else "bilinear, antialiased",
-        "normalization": NORMALIZATION,
-        "num_classes": int(max(train_y.max(), test_y.max())) + 1,
+        "normalization": normalization(data.pixel_range),
+        **described,
     }
-    target = Path(config.paths.prepared_dir) / data.name
-    log.info("preparing %s: %d train + %d test images at %dx%d into %s", data.name, len(train_x), len(test_x), size, size, target)
-    return write_prepared(
-        target,
-        {"train": (_resized(train_x, size), train_y), "test": (_resized(test_x, size), test_y)},
-        data.shards,
-        manifest,
-    )
+    manifest = write_prepared(target, splits, data.shards, manifest)
+    for entry in manifest.get("skipped", []):
+        log.warning("skipped %s: %s", entry["file"], entry["reason"])
+    log.info("wrote %s", {split: info["count"] for split, info in manifest["splits"].items()})
+    return manifest

@@ -69,9 +69,13 @@ def outputs_of(config: Config) -> TrainOutputs:
 
 
 def make_optimizer(optimizer: OptimizerConfig, network: str) -> keras.optimizers.Optimizer:
-    settings = vars(getattr(optimizer, network))
+    settings = dict(vars(getattr(optimizer, network)))
     if optimizer.name == "adam":
         return keras.optimizers.Adam(**settings, name=f"{network}_adam")
+    decay = settings.pop("decay")
+    if decay:
+        # Keras 2's `decay` argument, as the Keras 3 schedule computing the same lr / (1 + decay * step).
+        settings["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(settings["learning_rate"], decay_steps=1, decay_rate=decay)
     return keras.optimizers.RMSprop(**settings, name=f"{network}_rmsprop")
 
 
@@ -81,13 +85,13 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_gan(config: Config, image_shape: tuple[int, int, int]) -> GAN:
-    generator, discriminator = models.build(config.model, image_shape)
-    gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed)
+def build_gan(config: Config, manifest: dict) -> GAN:
+    generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
+    gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise)
     gan.compile(
         d_optimizer=make_optimizer(config.optimizer, "discriminator"),
         g_optimizer=make_optimizer(config.optimizer, "generator"),
-        loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
+        loss_fn=keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"),
     )
     # Optimizer slots exist only once built; a checkpoint restore needs them now.
     gan.d_optimizer.build(discriminator.trainable_variables)
@@ -137,7 +141,7 @@ def train(config: Config) -> dict:
         raise UserError(f"config key train.batch_size: {config.train.batch_size} exceeds the {count} training images in {prepared}")
 
     seed_everything(config)
-    gan = build_gan(config, tuple(manifest["image_shape"]))
+    gan = build_gan(config, manifest)
     identity = {**run_identity(config), "data.manifest_sha256": manifest_sha256(prepared)}
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
     state = _resume_state(checkpoints, identity, config)
