@@ -14,7 +14,7 @@ from dcgan.errors import UserError
 def test_default_config_composes_and_validates():
     config = compose_config()
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
-    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 1e-4
+    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 2e-4
     assert config.train.batch_size == 256
 
 
@@ -64,14 +64,14 @@ def test_bad_values_name_the_key(override, message):
 def test_run_identity_ignores_what_does_not_change_the_run():
     base = compose_config()
     longer = compose_config(["train.epochs=50", "tracking.experiment=x", "evaluate.grid_size=4", "data.shards=8"])
-    other = compose_config(["optimizer.generator.beta_1=0.5"])
+    other = compose_config(["optimizer.generator.beta_1=0.6"])
     assert fingerprint(run_identity(base)) == fingerprint(run_identity(longer))
     assert fingerprint(run_identity(base)) != fingerprint(run_identity(other))
 
 
 def test_flatten_gives_every_leaf_a_dotted_key():
     flat = flatten(to_dict(compose_config()))
-    assert flat["optimizer.generator.learning_rate"] == 1e-4
+    assert flat["optimizer.generator.learning_rate"] == 2e-4
     assert flat["data.urls"][0].startswith("https://")
     assert not any(isinstance(v, dict) for v in flat.values())
     assert len(flat) == len(flatten(OmegaConf.to_container(OmegaConf.create(to_dict(compose_config())))))
