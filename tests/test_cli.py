@@ -26,7 +26,7 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert "resuming from" in second.stdout and "resuming" not in first.stdout  # Hydra logs to stdout
     assert json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"] == run_id
     history = (tmp_path / "reports/train_history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,d_loss,g_loss,d_real,d_fake,images_per_sec")
+    assert history[0].startswith("epoch,iteration,d_loss,g_loss,d_real,d_fake,images_per_sec")
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
     assert sorted(p.name for p in (tmp_path / "reports/samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
 
@@ -64,11 +64,19 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
 
 
 def test_changed_settings_start_over_instead_of_resuming(tmp_path):
-    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
-    run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)
+    first = run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)  # prepares the data itself
+    assert "not prepared yet; preparing it first" in first.stdout
     rerun = run_stage("train", *TINY, "data.limit=128", "optimizer=rmsprop", cwd=tmp_path)
     assert "is from a different run (differs in: optimizer" in rerun.stdout
     assert "resuming" not in rerun.stdout
+
+
+def test_training_by_iterations_with_an_interval(tmp_path):
+    run_stage("train", *TINY, "data.limit=128", "train.iterations=6", "train.interval=3", cwd=tmp_path)
+    rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
+    assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: rounds cross passes
+    bad = _last_line_error(run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False))
+    assert bad == "error: config key train.interval: 3 steps do not divide the 7 steps of train.iterations"
 
 
 def _last_line_error(result) -> str:
@@ -78,8 +86,6 @@ def _last_line_error(result) -> str:
 
 
 def test_user_errors_are_one_line(tmp_path):
-    missing = _last_line_error(run_stage("train", *TINY, cwd=tmp_path, check=False))
-    assert missing.startswith("error: ") and "prepared dataset not found" in missing
     untrained = _last_line_error(run_stage("evaluate", *TINY, cwd=tmp_path, check=False))
     assert untrained == "error: models/run.json: not found; run the train stage first (dvc repro train)"
 

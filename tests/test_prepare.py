@@ -52,16 +52,17 @@ def test_training_batches_are_seeded_per_epoch(tiny_prepared):
     folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
     manifest = tfrecords.load_manifest(folder)
 
-    def first_batches(start_epoch, seed=1):
-        dataset = training_dataset(folder, manifest, 64, seed, 512, start_epoch)
-        return [batch.numpy() for batch in dataset.take(16)]  # 8 batches per epoch
+    def first_batches(start_step, seed=1):
+        dataset = training_dataset(folder, manifest, 64, seed, 512, start_step)
+        return [batch.numpy() for batch in dataset.take(16)]  # 8 batches per pass
 
     from_zero = first_batches(0)
     assert all(b.shape == (64, 28, 28, 1) for b in from_zero)
     assert not np.array_equal(from_zero[0], from_zero[8])  # epochs differ in order
     assert np.array_equal(np.sort(np.concatenate(from_zero[:8]), axis=None), np.sort(np.concatenate(from_zero[8:]), axis=None))
-    # A run resumed at epoch 1 sees exactly what an uninterrupted run saw in epoch 1.
-    assert all(np.array_equal(a, b) for a, b in zip(first_batches(1)[:8], from_zero[8:]))
+    # A run resumed at step k sees exactly what an uninterrupted run saw from step k on.
+    assert all(np.array_equal(a, b) for a, b in zip(first_batches(8)[:8], from_zero[8:]))
+    assert all(np.array_equal(a, b) for a, b in zip(first_batches(3)[:13], from_zero[3:]))
     assert not np.array_equal(first_batches(0, seed=2)[0], from_zero[0])
 
 
@@ -110,3 +111,16 @@ def test_missing_shard_is_detected(tmp_path):
     shard.unlink()
     with pytest.raises(UserError, match=f"{shard}: shard listed in manifest.json is missing"):
         tfrecords.load_manifest(shard.parent)
+
+
+def test_training_prepares_missing_or_stale_data(tmp_path):
+    from dcgan.stages.prepare import prepared_dataset
+
+    config = compose_config(TINY + ["data.limit=8"], tmp_path)
+    folder, manifest = prepared_dataset(config)  # missing: prepared now
+    assert manifest["splits"]["train"]["count"] == 8
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    assert prepared_dataset(config)[1] == manifest  # up to date: reused as is
+    assert (folder / "manifest.json").stat().st_mtime_ns == stamp
+    config.data.image_size = 32  # stale: prepared again
+    assert prepared_dataset(config)[1]["image_shape"] == [32, 32, 1]

@@ -21,7 +21,7 @@ from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.tfrecords import to_uint8
 from dcgan.files import atomic_write_text
 
-HISTORY_KEYS = ("epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds")
+HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds")
 
 
 class Throughput(keras.callbacks.Callback):
@@ -72,14 +72,19 @@ def write_history(path: Path, history: list[dict]) -> None:
 class Checkpointer(keras.callbacks.Callback):
     """Commit each finished epoch: history row, history CSV, then the checkpoint itself."""
 
-    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path):
+    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_epoch: int):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
         self.history_path = history_path
+        self.steps_per_epoch = steps_per_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[1:] if key in logs}}
+        row = {
+            "epoch": epoch + 1,
+            "iteration": (epoch + 1) * self.steps_per_epoch,
+            **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[2:] if key in logs},
+        }
         self.state.history = [r for r in self.state.history if r["epoch"] <= epoch] + [row]
         self.state.epoch = epoch + 1
         write_history(self.history_path, self.state.history)

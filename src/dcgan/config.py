@@ -132,6 +132,8 @@ class OptimizerConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    iterations: Optional[int] = None  # set: train for this many steps instead of train.epochs
+    interval: Optional[int] = None  # steps between checkpoints/sample grids; null: one pass over the data
     batch_size: int = 256
     seed: int = 42
     deterministic: bool = True  # op determinism: same seed -> same weights on CPU
@@ -144,6 +146,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        _require(self.iterations is None or self.iterations >= 1, "train.iterations", f"must be positive or null, got {self.iterations}")
+        _require(self.interval is None or self.interval >= 1, "train.interval", f"must be positive or null, got {self.interval}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _require(self.resume in ("auto", "never"), "train.resume", f"must be auto or never, got {self.resume!r}")
@@ -256,7 +260,8 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 # Settings that do not change what a training run computes: a checkpoint written under
 # other values of these is still the same run and may be resumed (epochs: to extend it).
-_NOT_RUN_IDENTITY = ("data.mirror", "data.urls", "data.shards", "train.epochs", "train.resume", "train.keep_checkpoints")
+_NOT_DATA_IDENTITY = ("data.mirror", "data.urls", "data.shards")
+_NOT_RUN_IDENTITY = (*_NOT_DATA_IDENTITY, "train.epochs", "train.iterations", "train.resume", "train.keep_checkpoints")
 _NOT_RUN_SECTIONS = ("evaluate", "tracking", "paths")
 
 
@@ -268,6 +273,12 @@ def run_identity(config: Config) -> dict[str, Any]:
         for key, value in flat.items()
         if key not in _NOT_RUN_IDENTITY and key.split(".")[0] not in _NOT_RUN_SECTIONS
     }
+
+
+def data_identity(config: Config) -> dict[str, Any]:
+    """The data settings that change what prepare writes (not where it reads from)."""
+    flat = flatten({"data": to_dict(config)["data"]})
+    return {key: value for key, value in flat.items() if key not in _NOT_DATA_IDENTITY}
 
 
 def fingerprint(values: dict) -> str:

@@ -37,6 +37,18 @@ def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
+def architecture_diagram(model, path: Path) -> bool:
+    """Draw ``model`` with Keras' ``plot_model``; False when Graphviz is not installed."""
+    import keras
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_activations=True, dpi=72)
+    except ImportError:
+        return False
+    return True
+
+
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Spherical interpolation between latent vectors ``a`` and ``b`` at fractions ``t``.
 

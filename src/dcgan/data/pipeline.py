@@ -12,15 +12,15 @@ from dcgan.data.tfrecords import normalize, read_split
 EPOCHS_UNBOUNDED = 1 << 31  # fit() stops by its own epoch count
 
 
-def training_dataset(folder: Path, manifest: dict, batch_size: int, seed: int, shuffle_buffer: int, start_epoch: int) -> tf.data.Dataset:
-    """Normalised training batches, epoch after epoch, starting at ``start_epoch``.
+def training_dataset(folder: Path, manifest: dict, batch_size: int, seed: int, shuffle_buffer: int, start_step: int) -> tf.data.Dataset:
+    """Normalised training batches, pass after pass over the data, from step ``start_step``.
 
-    Each epoch is a full pass over the cached images in an order that depends only on
-    (seed, epoch), not on how many epochs this process already ran, so a run resumed at
-    epoch k sees exactly the batches an uninterrupted run would. Batches are full
-    (``drop_remainder``), giving static shapes and exactly ``count // batch_size`` steps
-    per epoch, which keeps epochs aligned with ``fit(steps_per_epoch=...)``.
+    Each pass is over the cached images in an order that depends only on (seed, pass),
+    not on how many passes this process already ran, so a run resumed at step k sees
+    exactly the batches an uninterrupted run would. Batches are full (``drop_remainder``):
+    static shapes and exactly ``count // batch_size`` steps per pass.
     """
+    steps_per_pass = manifest["splits"]["train"]["count"] // batch_size
     images = read_split(folder, manifest, "train").map(lambda image, label: image).cache()
     seed = tf.constant(seed, tf.int64)
 
@@ -31,8 +31,9 @@ def training_dataset(folder: Path, manifest: dict, batch_size: int, seed: int, s
         )
 
     return (
-        tf.data.Dataset.range(start_epoch, EPOCHS_UNBOUNDED)
+        tf.data.Dataset.range(start_step // steps_per_pass, EPOCHS_UNBOUNDED)
         .flat_map(one_epoch)
+        .skip(start_step % steps_per_pass)
         .map(lambda batch: normalize(batch, manifest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )

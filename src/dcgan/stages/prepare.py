@@ -9,9 +9,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from dcgan.config import Config, DataConfig
+from dcgan.config import Config, DataConfig, data_identity
 from dcgan.data import idx, image_folder, sources
-from dcgan.data.tfrecords import write_prepared
+from dcgan.data.tfrecords import load_manifest, write_prepared
 from dcgan.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def prepare(config: Config) -> dict:
         "image_shape": [data.image_size, data.image_size, data.channels],
         "storage_dtype": "uint8",
         "normalization": normalization(data.pixel_range),
+        "data_config": data_identity(config),
         **described,
     }
     manifest = write_prepared(target, splits, data.shards, manifest)
@@ -118,3 +119,18 @@ def prepare(config: Config) -> dict:
         log.warning("skipped %s: %s", entry["file"], entry["reason"])
     log.info("wrote %s", {split: info["count"] for split, info in manifest["splits"].items()})
     return manifest
+
+
+def prepared_dataset(config: Config) -> tuple[Path, dict]:
+    """The prepared dataset for ``config.data``, preparing it first if it is missing or was
+    made with other data settings (so ``python src/train.py data=...`` and sweeps over
+    datasets just work; under DVC the prepare stage has always run already)."""
+    folder = Path(config.paths.prepared_dir) / config.data.name
+    if (folder / "manifest.json").is_file():
+        manifest = load_manifest(folder)
+        if manifest.get("data_config") == data_identity(config):
+            return folder, manifest
+        log.info("%s was prepared with other data settings; preparing it again", folder)
+    else:
+        log.info("%s not prepared yet; preparing it first", folder)
+    return folder, prepare(config)

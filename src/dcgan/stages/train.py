@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,16 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from dcgan import models, tracking
+from dcgan import models, tracking, viz
 from dcgan.callbacks import Checkpointer, MLflowMetrics, SampleGrid, Throughput
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, run_identity
 from dcgan.data.pipeline import training_dataset
-from dcgan.data.tfrecords import load_manifest, manifest_sha256
+from dcgan.data.tfrecords import manifest_sha256
 from dcgan.errors import UserError
 from dcgan.files import write_json
 from dcgan.gan import GAN
+from dcgan.stages.prepare import prepared_dataset
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +107,50 @@ def _summary(model: keras.Model) -> str:
     return buffer.getvalue()
 
 
-def _resume_state(checkpoints: CheckpointDir, identity: dict, config: Config) -> RunState | None:
+def _log_architecture(gan: GAN) -> None:
+    """Text summaries and diagrams of both networks, as MLflow artifacts."""
+    mlflow.log_text(_summary(gan.generator) + "\n" + _summary(gan.discriminator), "model_summary.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        for network in (gan.generator, gan.discriminator):
+            diagram = Path(tmp) / f"{network.name}.png"
+            if not viz.architecture_diagram(network, diagram):
+                log.warning("architecture diagrams skipped: Graphviz is not installed (apt-get install graphviz)")
+                return
+            mlflow.log_artifact(str(diagram), artifact_path="architecture")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How ``fit`` runs: ``epochs`` rounds of ``steps_per_epoch`` steps, a checkpoint and a
+    sample grid after each. By default a round is one pass over the data; with
+    ``train.interval`` it is that many steps; ``train.iterations`` replaces ``train.epochs``."""
+
+    steps_per_epoch: int
+    epochs: int
+
+    @classmethod
+    def of(cls, config: Config, train_count: int, prepared: Path) -> "Schedule":
+        train = config.train
+        per_pass = train_count // train.batch_size
+        if per_pass == 0:
+            raise UserError(f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in {prepared}")
+        interval = train.interval or per_pass
+        total = train.iterations or train.epochs * per_pass
+        if total % interval:
+            key = "train.iterations" if train.iterations else "train.epochs"
+            raise UserError(f"config key train.interval: {interval} steps do not divide the {total} steps of {key}")
+        return cls(interval, total // interval)
+
+
+def _resume_state(checkpoints: CheckpointDir, identity: dict, config: Config, schedule: Schedule) -> RunState | None:
     """The checkpoint state to resume, or None to start over (clearing a stale checkpoint)."""
     state = checkpoints.load_state()
     if state is None or state.checkpoint is None:
         return None
     if config.train.resume == "never":
         log.info("train.resume=never: discarding the checkpoint in %s", checkpoints.folder)
-    elif state.epoch > config.train.epochs:
-        log.warning("checkpoint in %s is past epoch %d (train.epochs); starting over", checkpoints.folder, config.train.epochs)
+    elif state.epoch > schedule.epochs:
+        log.warning("checkpoint in %s is past the requested training length; starting over", checkpoints.folder)
     elif state.identity != identity:
         changed = sorted(k for k in set(state.identity) | set(identity) if state.identity.get(k) != identity.get(k))
         log.warning("checkpoint in %s is from a different run (differs in: %s); starting over", checkpoints.folder, ", ".join(changed))
@@ -133,18 +170,14 @@ def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the final epoch's metrics."""
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
-    prepared = Path(config.paths.prepared_dir) / config.data.name
-    manifest = load_manifest(prepared)
-    count = manifest["splits"]["train"]["count"]
-    steps = count // config.train.batch_size
-    if steps == 0:
-        raise UserError(f"config key train.batch_size: {config.train.batch_size} exceeds the {count} training images in {prepared}")
+    prepared, manifest = prepared_dataset(config)
+    schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
 
     seed_everything(config)
     gan = build_gan(config, manifest)
     identity = {**run_identity(config), "data.manifest_sha256": manifest_sha256(prepared)}
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
-    state = _resume_state(checkpoints, identity, config)
+    state = _resume_state(checkpoints, identity, config, schedule)
     if state is not None:
         checkpoints.restore(gan.state_variables(), state)
         log.info("resuming from %s after epoch %d", checkpoints.folder / state.checkpoint, state.epoch)
@@ -159,23 +192,24 @@ def train(config: Config) -> dict:
         if state.mlflow_run_id is None:
             state.mlflow_run_id = run.info.run_id
             mlflow.log_dict(manifest, "data/manifest.json")
-            mlflow.log_text(_summary(gan.generator) + "\n" + _summary(gan.discriminator), "model_summary.txt")
+            _log_architecture(gan)
         write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         callbacks = [
-            Throughput(steps * config.train.batch_size),
+            Throughput(schedule.steps_per_epoch * config.train.batch_size),
             SampleGrid(noise, config.train.sample_grid, manifest, out.samples),
             MLflowMetrics(),
-            Checkpointer(checkpoints, state, out.history),
+            Checkpointer(checkpoints, state, out.history, schedule.steps_per_epoch),
         ]
         dataset = training_dataset(
-            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer, state.epoch
+            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer,
+            state.epoch * schedule.steps_per_epoch,
         )
-        if state.epoch < config.train.epochs:
+        if state.epoch < schedule.epochs:
             gan.fit(
                 dataset,
-                epochs=config.train.epochs,
+                epochs=schedule.epochs,
                 initial_epoch=state.epoch,
-                steps_per_epoch=steps,
+                steps_per_epoch=schedule.steps_per_epoch,
                 shuffle=False,  # the dataset shuffles itself, reproducibly per epoch
                 callbacks=callbacks,
                 verbose=1 if sys.stdout.isatty() else 2,
@@ -184,6 +218,6 @@ def train(config: Config) -> dict:
         _save_keras(gan.generator, out.generator)
         _save_keras(gan.discriminator, out.discriminator)
         write_json(out.metrics, final)
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k != "epoch"})
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k not in ("epoch", "iteration")})
         tracking.log_generator(gan.generator, config.model.latent_dim, final["epoch"])
     return final
