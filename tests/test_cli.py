@@ -101,23 +101,22 @@ def test_user_errors_are_one_line(tmp_path):
     assert not (tmp_path / "models").exists()  # failed before any training work
 
 
-def test_sweep_runs_each_job_separately(tmp_path):
-    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
-    run_stage("train", "-m", *TINY, "data.limit=128", "optimizer=adam,rmsprop", cwd=tmp_path)
+def test_sweep_over_datasets_and_optimizers(tmp_path):
+    """Four jobs in one Hydra multirun: each prepares what it lacks and trains on its own."""
+    sweep = [*TINY, "data.limit=128", "model=dcgan", "data=mnist32,flowers64", "optimizer=adam,rmsprop"]
+    run_stage("train", "-m", *sweep, cwd=tmp_path)
     client = mlflow_client(tmp_path)
-    experiment = client.get_experiment_by_name("dcgan-tiny")
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.data.params["optimizer.name"] for r in runs) == ["adam", "rmsprop"]
+    runs = client.search_runs([client.get_experiment_by_name("dcgan-tiny").experiment_id])
+    combos = sorted((r.data.params["data.name"], r.data.params["optimizer.name"]) for r in runs)
+    assert combos == [("flowers64", "adam"), ("flowers64", "rmsprop"), ("mnist32", "adam"), ("mnist32", "rmsprop")]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["sweep_dir"] for r in runs}) == 1
-    assert sorted(r.info.run_name for r in runs) == [
-        "+experiment=tiny data.limit=128 optimizer=adam",
-        "+experiment=tiny data.limit=128 optimizer=rmsprop",
-    ]
-    # Each job trained from scratch into its own folder.
-    job_models = sorted((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))
-    assert len(job_models) == 2
+    assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
+    assert "data=flowers64 optimizer=rmsprop" in {r.info.run_name.split("model=dcgan ")[-1] for r in runs}
+    # Each job trained from scratch into its own folder; the datasets were prepared once each.
+    assert len(list((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))) == 4
     assert not (tmp_path / "models").exists()
+    assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == ["flowers64", "mnist32"]
 
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
