@@ -49,7 +49,9 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
     assert "eval_diversity_ratio" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"samples", "evaluation", "model_summary.txt", "data"} <= artifacts
+    assert {"samples", "evaluation", "model_summary.txt", "data", "architecture"} <= artifacts
+    diagrams = {a.path for a in client.list_artifacts(run_id, "architecture")}
+    assert diagrams == {"architecture/generator.png", "architecture/discriminator.png"}
     assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
     assert "evaluation/samples.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
 
