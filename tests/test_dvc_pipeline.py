@@ -105,6 +105,7 @@ def test_exp_run_composes_hydra_overrides(project):
     assert "rms" in names
     _, runs = mlflow_runs(project)
     assert runs[-1].data.params["optimizer.name"] == "rmsprop"
+    assert runs[-1].info.run_name == "rms"  # named after the DVC experiment
 
 
 def test_queued_sweep_lands_in_the_project_mlflow_store(project):

@@ -117,7 +117,9 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
             run = mlflow.start_run(run_id=run_id)
         else:
             mlflow.set_experiment(experiment_id=_experiment_id(config.tracking.experiment))
-            run = mlflow.start_run(run_name=config.tracking.run_name, tags={**provenance_tags(), **config.tracking.tags})
+            # A DVC experiment's run is named like the experiment, so the two match up.
+            run_name = config.tracking.run_name or os.environ.get("DVC_EXP_NAME")
+            run = mlflow.start_run(run_name=run_name, tags={**provenance_tags(), **config.tracking.tags})
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
