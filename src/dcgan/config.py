@@ -8,8 +8,6 @@ than through Hydra's ConfigStore because DVC composes ``conf/`` without importin
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +277,3 @@ def data_identity(config: Config) -> dict[str, Any]:
     """The data settings that change what prepare writes (not where it reads from)."""
     flat = flatten({"data": to_dict(config)["data"]})
     return {key: value for key, value in flat.items() if key not in _NOT_DATA_IDENTITY}
-
-
-def fingerprint(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
