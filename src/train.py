@@ -2,7 +2,7 @@
 
 import hydra
 
-from dcgan.cli import run_stage
+from dcgan.cli import launch, run_stage
 from dcgan.stages.train import train
 
 
@@ -12,4 +12,4 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import TINY, run_stage
+from dcgan.quality import QUALITY_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,13 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
 
     run_stage("evaluate", *TINY, "train.epochs=2", cwd=tmp_path)
     figures = tmp_path / "reports/figures"
-    assert sorted(p.name for p in figures.iterdir()) == ["interpolation.gif", "progress.gif", "samples.png"]
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "interpolation.gif", "least_confident.png", "most_confident.png", "progress.gif", "samples.png"
+    ]
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert set(metrics) == {"d_real", "d_fake", "d_accuracy", "diversity_ratio", "num_samples"}
+    assert set(metrics) == {"d_real", "d_fake", "d_accuracy", "diversity_ratio", "num_samples", *QUALITY_KEYS, "classifier_accuracy", "best"}
+    best_epoch = json.loads((tmp_path / "models/checkpoints/state.json").read_text())["best"]["epoch"]
+    assert metrics["best"]["epoch"] == best_epoch and set(metrics["best"]) == {"epoch", *QUALITY_KEYS}
     assert metrics["num_samples"] == 200 and 0.0 <= metrics["d_accuracy"] <= 1.0
 
     client = mlflow_client(tmp_path)
@@ -45,11 +50,14 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert run.data.tags["train.epochs"] == "2"  # the resumed run's target
     assert run.data.tags["overrides"] == "+experiment=tiny"
     assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
+    assert len(run.data.tags["data.manifest_sha256"]) == 64
     for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
     assert "eval_diversity_ratio" in run.data.metrics
+    assert {*QUALITY_KEYS, "classifier_accuracy"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run_id, "progress/fid")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"samples", "evaluation", "model_summary.txt", "data", "architecture"} <= artifacts
+    assert {"samples", "evaluation", "model_summary.txt", "data", "architecture", "config.yaml"} <= artifacts
     diagrams = {a.path for a in client.list_artifacts(run_id, "architecture")}
     assert diagrams == {"architecture/generator.png", "architecture/discriminator.png"}
     assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
@@ -95,12 +103,14 @@ def test_user_errors_are_one_line(tmp_path):
     too_big = _last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))
     assert too_big.startswith("error: config key train.batch_size: 128 exceeds the 100 training images")
 
-    unknown = run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False)
-    assert unknown.returncode != 0 and "Could not find 'optimizer/adamw'" in unknown.stderr
+    unknown = _last_line_error(run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False))
+    assert unknown == "error: In 'config': Could not find 'optimizer/adamw'; Available options in 'optimizer': adam; rmsprop"
+    typo = _last_line_error(run_stage("train", *TINY, "train.epoch=3", cwd=tmp_path, check=False))
+    assert typo == "error: Could not override 'train.epoch'.; To append to your config use +train.epoch=3; Key 'epoch' is not in struct"
 
     server = _last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
     assert server.startswith("error: MLflow tracking store http://127.0.0.1:9 is unreachable")
-    assert not (tmp_path / "models").exists()  # failed before any training work
+    assert not any((tmp_path / "models").iterdir())  # failed before any classifier or training work
 
 
 def test_sweep_over_datasets_and_optimizers(tmp_path):
@@ -117,7 +127,8 @@ def test_sweep_over_datasets_and_optimizers(tmp_path):
     assert "data=flowers64 optimizer=rmsprop" in {r.info.run_name.split("model=dcgan ")[-1] for r in runs}
     # Each job trained from scratch into its own folder; the datasets were prepared once each.
     assert len(list((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))) == 4
-    assert not (tmp_path / "models").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["classifier"]  # shared by the jobs
+    assert sorted(p.name for p in (tmp_path / "models/classifier").iterdir()) == ["flowers64", "mnist32"]
     assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == ["flowers64", "mnist32"]
 
 
@@ -130,7 +141,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
     run_stage("train", *TINY, "data.limit=256", "train.epochs=2", cwd=straight)
     run_stage("train", *TINY, "data.limit=256", "train.epochs=1", cwd=resumed)
     run_stage("train", *TINY, "data.limit=256", "train.epochs=2", cwd=resumed)
-    checkpoint = "models/checkpoints/ckpt-00002.npz"
+    checkpoint = "models/checkpoints/" + json.loads((straight / "models/checkpoints/state.json").read_text())["checkpoint"]
     with np.load(straight / checkpoint) as a, np.load(resumed / checkpoint) as b:
         assert a.files == b.files and len(a.files) > 40
         assert all(np.array_equal(a[k], b[k]) for k in a.files)

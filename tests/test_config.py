@@ -47,11 +47,11 @@ def test_params_yaml_is_the_composed_conf():
         ("+optimizer.generator.betta_1=0.5", "config key optimizer.generator.betta_1: Key 'betta_1' not in 'AdamSettings'"),
         ("train.batch_size=0", "config key train.batch_size: must be at least 1, got 0"),
         ("train.batch_size=big", "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
-        ("train.resume=maybe", "config key train.resume: must be auto or never"),
+        ("train.resume=maybe", "config key train.resume: must be auto, always or never"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
-        ("evaluate.grid_size=50", "config key evaluate.grid_size: a 50x50 grid needs more than evaluate.num_samples=2000"),
+        ("evaluate.grid_size=101", "config key evaluate.grid_size: a 101x101 grid needs more than evaluate.num_samples=10000"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

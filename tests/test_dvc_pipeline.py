@@ -46,7 +46,7 @@ def project(tmp_path_factory) -> Path:
 
 
 def ran_stages(output: str) -> list[str]:
-    return [stage for stage in ("prepare", "train", "evaluate") if f"Running stage '{stage}'" in output]
+    return [stage for stage in ("prepare", "classifier", "train", "evaluate") if f"Running stage '{stage}'" in output]
 
 
 def mlflow_runs(project: Path, experiment: str = "dcgan-tiny"):
@@ -57,10 +57,12 @@ def mlflow_runs(project: Path, experiment: str = "dcgan-tiny"):
 
 def test_repro_runs_the_pipeline_then_nothing(project):
     first = sh("dvc", "repro", cwd=project)
-    assert ran_stages(first) == ["prepare", "train", "evaluate"]
+    assert ran_stages(first) == ["prepare", "classifier", "train", "evaluate"]
     for path in (
         "data/prepared/mnist/manifest.json",
         "models/generator.keras",
+        "models/generator_best.keras",
+        "models/classifier/mnist/classifier.keras",
         "models/discriminator.keras",
         "models/checkpoints/state.json",
         "reports/train_history.csv",
@@ -74,14 +76,18 @@ def test_repro_runs_the_pipeline_then_nothing(project):
 
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))
     workspace = next(iter(metrics.values()))["data"]  # the workspace entry
-    assert "diversity_ratio" in workspace["reports/metrics.json"]["data"]
+    evaluated = workspace["reports/metrics.json"]["data"]
+    assert {"fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
+            "classifier_accuracy", "diversity_ratio"} <= set(evaluated)
+    assert evaluated["best"]["epoch"] == 1 and "fid" in evaluated["best"]
     assert "g_loss" in workspace["reports/train_metrics.json"]["data"]
 
     client, runs = mlflow_runs(project)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run_id = runs[0].info.run_id
     assert runs[0].data.params["data.limit"] == "256"
-    assert "eval_d_accuracy" in runs[0].data.metrics
+    assert "eval_d_accuracy" in runs[0].data.metrics and "fid" in runs[0].data.metrics
+    assert [m.step for m in client.get_metric_history(run_id, "progress/fid")] == [1]
     assert "evaluation/progress.gif" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
 
     second = sh("dvc", "repro", cwd=project)
@@ -99,7 +105,7 @@ def test_changed_training_param_reruns_train_and_evaluate_only(project):
 
 def test_exp_run_composes_hydra_overrides(project):
     output = sh("dvc", "exp", "run", "-n", "rms", *(f"-S{o}" for o in TINY), "-S", "optimizer=rmsprop", cwd=project)
-    assert "prepare" not in ran_stages(output)
+    assert ran_stages(output) == ["train", "evaluate"]
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project))
     names = [exp.get("name") for baseline in shown for exp in baseline.get("experiments") or []]
     assert "rms" in names

@@ -90,9 +90,9 @@ def test_old_checkpoints_are_pruned(tmp_path):
     variable = keras.Variable(np.zeros(2))
     checkpoints = CheckpointDir(tmp_path, keep=2)
     for epoch in range(1, 5):
-        checkpoints.save([variable], RunState(identity={}, epoch=epoch))
-    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00003.npz", "ckpt-00004.npz"]
-    assert checkpoints.load_state().checkpoint == "ckpt-00004.npz"
+        checkpoints.save([variable], RunState(identity={}, epoch=epoch, step=epoch * 10))
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000000030.npz", "ckpt-000000040.npz"]
+    assert checkpoints.load_state().checkpoint == "ckpt-000000040.npz"
 
 
 @pytest.mark.parametrize(

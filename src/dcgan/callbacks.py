@@ -2,13 +2,16 @@
 
 They run in the order ``fit`` is given them and share one ``logs`` dict per epoch, so
 ``Throughput`` adds ``images_per_sec`` before the others read it, and ``Checkpointer``
-(last) commits an epoch only after its grid and metrics are written.
+(last) commits an epoch only after its grid and metrics are written. A Keras "epoch" is
+one round of ``steps_per_epoch`` steps between checkpoints (see ``stages.train.Schedule``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
+import signal
 import time
 from pathlib import Path
 
@@ -19,23 +22,29 @@ import numpy as np
 from dcgan import viz
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.tfrecords import to_uint8
-from dcgan.files import atomic_write_text
+from dcgan.errors import Interrupted, TrainingDiverged
+from dcgan.files import atomic_write_text, save_model
+from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
-HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds")
+PROGRESS = "progress/"  # prefix of in-training quality metrics in ``logs`` and MLflow
+HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds", *QUALITY_KEYS)
 
 
 class Throughput(keras.callbacks.Callback):
-    def __init__(self, images_per_epoch: int):
+    def __init__(self, batch_size: int):
         super().__init__()
-        self.images_per_epoch = images_per_epoch
+        self.batch_size = batch_size
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps = batch + 1  # a resumed round may be shorter than the others
+
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
         logs["epoch_seconds"] = seconds
-        logs["images_per_sec"] = self.images_per_epoch / seconds
+        logs["images_per_sec"] = self.steps * self.batch_size / seconds
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -55,6 +64,24 @@ class SampleGrid(keras.callbacks.Callback):
         mlflow.log_artifact(str(path), artifact_path="samples")
 
 
+class QualityMonitor(keras.callbacks.Callback):
+    """Every ``every`` rounds and after the last, score samples of fixed noise against the
+    real test split (FID & co. on a smaller sample than ``evaluate``), as ``progress/<key>``."""
+
+    def __init__(self, scorer: Scorer, noise: np.ndarray, every: int, last_epoch: int):
+        super().__init__()
+        self.scorer = scorer
+        self.noise = noise
+        self.every = every
+        self.last_epoch = last_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every and epoch + 1 != self.last_epoch:
+            return
+        scores = self.scorer.score(generate(self.model.generator, self.noise))
+        logs.update({PROGRESS + key: value for key, value in scores.items()})
+
+
 class MLflowMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch + 1)
@@ -69,23 +96,88 @@ def write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Commit each finished epoch: history row, history CSV, then the checkpoint itself."""
+class StopSignals:
+    """While active, SIGINT/SIGTERM only record a request to stop, which ``Checkpointer``
+    honours after the current step; a second signal stops at once."""
 
-    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_epoch: int):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self) -> "StopSignals":
+        self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _request(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Commit each finished round (history row, history CSV, the generator if its FID is the
+    best so far, then the checkpoint itself), and
+    check every step: a non-finite loss stops training before anything is saved; a stop
+    signal saves a checkpoint of the step just finished and stops.
+
+    ``resumed_metrics``: the loss trackers' totals saved mid-round, restored when the round
+    restarts (after Keras has reset them), so its logged means cover all of its steps.
+    """
+
+    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_epoch: int,
+                 stop: StopSignals, best_generator: Path, resumed_metrics: list | None = None):
         super().__init__()
         self.checkpoints = checkpoints
+        self.best_generator = best_generator
         self.state = state
         self.history_path = history_path
         self.steps_per_epoch = steps_per_epoch
+        self.stop = stop
+        self.resumed_metrics = resumed_metrics
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.round_start = self.state.step
+        if self.resumed_metrics is not None:
+            for variable, value in zip(self.model.metrics_variables, self.resumed_metrics):
+                variable.assign(value)
+            self.resumed_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.round_start + batch + 1
+        for key in ("d_loss", "g_loss"):
+            value = float(logs[key])
+            if not math.isfinite(value):
+                kept = f"the last good checkpoint {self.checkpoints.folder / self.state.checkpoint} is kept" if self.state.checkpoint else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"{key} became {value} at step {step}; training stopped and {kept}; "
+                    "lower the learning rate, or rerun with train.resume=never to start over"
+                )
+        if self.stop.received is not None:
+            self.state.step = step
+            self.checkpoints.save(self.model.state_variables(), self.state)
+            raise Interrupted(
+                self.stop.received,
+                f"{signal.Signals(self.stop.received).name} received: stopped after step {step}, checkpoint saved in "
+                f"{self.checkpoints.folder}; rerun the same command to resume",
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         row = {
             "epoch": epoch + 1,
             "iteration": (epoch + 1) * self.steps_per_epoch,
             **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[2:] if key in logs},
+            **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
+        if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
+            save_model(self.model.generator, self.best_generator)
+            self.state.best = {"epoch": row["epoch"], "fid": row["fid"]}
         self.state.history = [r for r in self.state.history if r["epoch"] <= epoch] + [row]
         self.state.epoch = epoch + 1
+        self.state.step = row["iteration"]
         write_history(self.history_path, self.state.history)
         self.checkpoints.save(self.model.state_variables(), self.state)

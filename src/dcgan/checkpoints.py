@@ -1,7 +1,7 @@
 """Per-epoch training checkpoints that a rerun resumes from.
 
-A checkpoint is ``ckpt-<epoch>.npz`` (every variable of the model and both optimizers,
-including RNG states, so a resumed run continues exactly) plus ``state.json``, the
+A checkpoint is ``ckpt-<step>.npz`` (every variable of the model, both optimizers and the
+loss trackers, including RNG states, so a resumed run continues exactly) plus ``state.json``, the
 pointer naming the latest complete checkpoint with the run's identity, MLflow run id and
 history. Both are written to a temp file and renamed into place, the pointer last, so a
 crash at any moment leaves the previous checkpoint intact and in use.
@@ -27,10 +27,12 @@ class RunState:
     """What ``state.json`` records about the run a checkpoint belongs to."""
 
     identity: dict  # the run-defining settings (config.run_identity) plus the data manifest hash
-    epoch: int = 0  # epochs completed
+    epoch: int = 0  # rounds (Keras epochs) completed
+    step: int = 0  # optimizer steps completed; past the last round's end after a stop signal
     checkpoint: Optional[str] = None  # file name of the latest complete checkpoint
     mlflow_run_id: Optional[str] = None
     history: list[dict] = field(default_factory=list)  # one row of metrics per completed epoch
+    best: Optional[dict] = None  # {"epoch", "fid"} of the round with the lowest in-training FID
 
 
 class CheckpointDir:
@@ -48,7 +50,7 @@ class CheckpointDir:
             raise UserError(f"{path}: unreadable checkpoint state ({exc}); delete {self.folder} to start over") from None
 
     def save(self, variables: list, state: RunState) -> None:
-        name = f"ckpt-{state.epoch:05d}.npz"
+        name = f"ckpt-{state.step:09d}.npz"
         arrays = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
         atomic_write(self.folder / name, lambda handle: np.savez(handle, **arrays))
         state.checkpoint = name

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import Config, validate
-from dcgan.errors import UserError
+from dcgan.errors import Interrupted, UserError
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's multi-line report (e.g. "Could not find 'optimizer/adamw'" followed by the
+    available options) as one line."""
+    text = str(exc).split("Config search path")[0]  # the search path is Hydra's internals
+    lines = text.splitlines() + (str(exc.__cause__).splitlines()[:1] if exc.__cause__ else [])
+    return "; ".join(line.strip() for line in lines if line.strip()).replace(":; ", ": ")
+
+
+def launch(main: Callable[[], None]) -> None:
+    """Call a ``@hydra.main`` entry point, reporting Hydra's own errors (an unknown config
+    option, a bad override) as one line like every other user error."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(f"error: {_one_line(exc)}")
 
 def _apply_hydra_context(config: Config) -> None:
     """Name the MLflow run after the command-line overrides, and give each job of a ``-m``
@@ -33,14 +59,22 @@ def _apply_hydra_context(config: Config) -> None:
 
 
 def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> None:
-    """Validate ``cfg`` and run ``stage``; a user error prints one line and exits 1."""
+    """Validate ``cfg`` and run ``stage``; a user error prints one line and exits 1, a stop
+    signal exits 128 + its number once the checkpoint is written."""
     try:
         config = validate(cfg)
         _apply_hydra_context(config)
         stage(config)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _fail(f"error: {exc}")
+    except Interrupted as exc:
+        _fail(f"interrupted: {exc}", 128 + exc.signum)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A disk filling up or a folder turning read-only mid-way; writes are atomic, so
+        # what is on disk is still the last complete version.
+        _fail(f"error: {exc.filename}: {exc.strerror}")
     finally:
         # Hydra -m runs jobs in one process: each must start from a fresh Keras state.
         if "keras" in sys.modules:

@@ -136,7 +136,9 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = True  # op determinism: same seed -> same weights on CPU
     shuffle_buffer: int = 60000
-    resume: str = "auto"  # auto: resume a checkpoint of this same run; never: always start over
+    # auto: resume a checkpoint of this same run, else start over; always: resuming is
+    # required (a missing or different checkpoint is an error); never: always start over
+    resume: str = "auto"
     sample_seed: int = 1234  # fixed noise for the per-epoch sample grid
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
@@ -148,7 +150,7 @@ class TrainConfig:
         _require(self.interval is None or self.interval >= 1, "train.interval", f"must be positive or null, got {self.interval}")
         _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
-        _require(self.resume in ("auto", "never"), "train.resume", f"must be auto or never, got {self.resume!r}")
+        _require(self.resume in ("auto", "always", "never"), "train.resume", f"must be auto, always or never, got {self.resume!r}")
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
@@ -158,7 +160,7 @@ class TrainConfig:
 class EvaluateConfig:
     seed: int = 7
     grid_size: int = 8  # samples.png is grid_size x grid_size images
-    num_samples: int = 2000  # generated and real test images scored for metrics.json
+    num_samples: int = 10000  # generated vs real test images scored for metrics.json (fewer if the split is smaller)
     interpolation_points: int = 4  # latent points the interpolation GIF walks through
     interpolation_steps: int = 16  # frames between two points
     gif_fps: float = 8.0
@@ -177,6 +179,47 @@ class EvaluateConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """The domain classifier CNN whose penultimate layer is the metrics' feature space."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    width: int = 32  # filters of the first conv block (doubled per block)
+    features: int = 128  # size of the penultimate layer, the feature space
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "width", "features"):
+            _require(getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}")
+
+
+@dataclass
+class MetricsConfig:
+    """Sample-quality metrics (FID, KID, precision/recall, density/coverage, modes)."""
+
+    features: str = "classifier"  # classifier: the domain CNN; inception: Keras' ImageNet InceptionV3
+    every: int = 1  # score during training every this many rounds (epochs); 0: only in evaluate
+    train_samples: int = 2000  # generated images (and real test images) per in-training score
+    k_precision: int = 3  # k-NN radius for precision/recall (Kynkaanniemi et al.)
+    k_density: int = 5  # k-NN radius for density/coverage (Naeem et al.)
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.features in ("classifier", "inception"), "metrics.features", f"must be classifier or inception, got {self.features!r}")
+        _require(self.every >= 0, "metrics.every", f"must be >= 0, got {self.every}")
+        for key in ("k_precision", "k_density"):
+            _require(getattr(self, key) >= 1, f"metrics.{key}", f"must be at least 1, got {getattr(self, key)}")
+        for key in ("train_samples", "kid_subset_size", "kid_subsets"):
+            _require(getattr(self, key) >= 2, f"metrics.{key}", f"must be at least 2, got {getattr(self, key)}")
+        _require(
+            self.train_samples > self.k_density and self.train_samples > self.k_precision,
+            "metrics.train_samples", "must exceed the k of the k-NN metrics",
+        )
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite mlflow.db at the project root
     experiment: str = "dcgan"
@@ -190,6 +233,7 @@ class PathsConfig:
     prepared_dir: str = "data/prepared"
     models_dir: str = "models"
     reports_dir: str = "reports"
+    classifier_dir: str = "models/classifier"  # one domain classifier per dataset, shared by all runs
 
 
 @dataclass
@@ -199,6 +243,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -260,7 +305,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # other values of these is still the same run and may be resumed (epochs: to extend it).
 _NOT_DATA_IDENTITY = ("data.mirror", "data.urls", "data.shards")
 _NOT_RUN_IDENTITY = (*_NOT_DATA_IDENTITY, "train.epochs", "train.iterations", "train.resume", "train.keep_checkpoints")
-_NOT_RUN_SECTIONS = ("evaluate", "tracking", "paths")
+_NOT_RUN_SECTIONS = ("evaluate", "metrics", "tracking", "paths")
 
 
 def run_identity(config: Config) -> dict[str, Any]:

@@ -1,5 +1,17 @@
-"""The one exception type for mistakes a user can fix (bad data, config or environment)."""
+"""Exceptions the CLI reports as one line instead of a traceback."""
 
 
 class UserError(Exception):
-    """A problem the user can fix; the CLI prints it as one line and exits non-zero."""
+    """A problem the user can fix (bad data, config or environment): one line, exit 1."""
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a step and a checkpoint: exit 128 + signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

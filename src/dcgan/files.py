@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from dcgan.errors import UserError
+
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it to ``path``."""
@@ -19,8 +21,10 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are for the whole project
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. a full disk met by write()
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -30,3 +34,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, values: dict) -> None:
     atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def save_model(model, path: Path) -> None:
+    """``model.save`` (Keras) to a temp name beside ``path``, then renamed into place."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def check_writable(*folders: Path) -> None:
+    """Fail before any work if an output folder cannot be created or written to."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None

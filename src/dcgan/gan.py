@@ -9,9 +9,10 @@ import tensorflow as tf
 class GAN(keras.Model):
     """Generator and discriminator updated together from one forward pass per step.
 
-    As in the TensorFlow DCGAN tutorial, each step draws one noise batch, scores real and
-    generated images with the discriminator and applies both gradient updates, so G and D
-    see the same batch. Logged per epoch: ``d_loss``, ``g_loss`` and the discriminator's
+    As in the TensorFlow DCGAN tutorial, each step draws one noise batch and applies both
+    gradient updates from the same forward pass. As in the keras-io DCGAN, real and
+    generated images go through the discriminator as one batch: a BatchNorm discriminator
+    fed them separately can tell them apart by batch statistics alone and overpowers G. Logged per epoch: ``d_loss``, ``g_loss`` and the discriminator's
     mean probability on real images (``d_real``, D(x)) and on generated ones (``d_fake``,
     D(G(z))). The discriminator ends in logits or in a sigmoid, as ``loss_fn.from_logits`` says.
     With ``label_noise`` > 0 its targets are softened at random (real 1 - u, fake u).
@@ -51,8 +52,8 @@ class GAN(keras.Model):
         noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake_images = self.generator(noise, training=True)
-            real_out = self.discriminator(real_images, training=True)
-            fake_out = self.discriminator(fake_images, training=True)
+            scores = self.discriminator(tf.concat([real_images, fake_images], axis=0), training=True)
+            real_out, fake_out = scores[:batch_size], scores[batch_size:]
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
             d_loss = self.loss_fn(self._noisy(1.0, real_out), real_out) + self.loss_fn(self._noisy(0.0, fake_out), fake_out)
         g_grads = g_tape.gradient(g_loss, self.generator.trainable_weights)
@@ -67,5 +68,6 @@ class GAN(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def state_variables(self) -> list:
-        """Every variable a resumed run needs: weights, BN statistics, RNG states, optimizer slots."""
-        return list(self.variables) + list(self.d_optimizer.variables) + list(self.g_optimizer.variables)
+        """Every variable a resumed run needs: weights, BN statistics, RNG states, optimizer
+        slots and the loss trackers' running totals."""
+        return [*self.variables, *self.d_optimizer.variables, *self.g_optimizer.variables, *self.metrics_variables]

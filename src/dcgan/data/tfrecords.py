@@ -84,8 +84,10 @@ def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarr
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, tf.errors.OpError):  # TFRecordWriter's form of an OSError (e.g. disk full)
+            raise UserError(f"{target}: cannot write the prepared dataset: {exc.message}") from None
         raise
     return manifest
 

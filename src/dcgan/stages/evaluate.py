@@ -12,12 +12,13 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from dcgan import metrics, tracking, viz
+from dcgan import metrics, quality, tracking, viz
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, to_uint8
 from dcgan.errors import UserError
-from dcgan.files import write_json
+from dcgan.files import check_writable, write_json
+from dcgan.quality import QUALITY_KEYS, Scorer, generate
 from dcgan.stages.train import outputs_of
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,29 @@ def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
     return [iio.imread(path) for path in paths]
 
 
+def _quality(config: Config, prepared: Path, manifest: dict, count: int) -> Scorer | None:
+    space = quality.feature_space(config, prepared, manifest)
+    return None if space is None else Scorer(space, config, prepared, manifest, count)
+
+
+def _confidence_grids(scorer: Scorer, fake: np.ndarray, manifest: dict, figures: Path, columns: int) -> None:
+    """The generated samples the classifier is most and least sure of (mode collapse and
+    garbage show up here first)."""
+    order = np.argsort(-scorer.confidence(fake), kind="stable")
+    count = columns * columns
+    for name, chosen in (("most_confident.png", order[:count]), ("least_confident.png", order[::-1][:count])):
+        viz.save_png(figures / name, viz.upscale(viz.grid(to_uint8(fake[chosen], manifest), columns), GRID_UPSCALE))
+
+
 def evaluate(config: Config) -> dict:
+    """Full-size quality metrics of the last generator (and of the best-FID one), sample
+    grids and GIFs, into ``reports/`` (DVC metrics) and the training's MLflow run."""
     tracking.connect(config)
     trained = outputs_of(config)
     run_id = _training_run_id(trained.run_info)
-    figures = Path(config.paths.reports_dir) / "figures"
+    reports = Path(config.paths.reports_dir)
+    check_writable(reports)
+    figures = reports / "figures"
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
     generator = _load(trained.generator)
@@ -65,11 +84,11 @@ def evaluate(config: Config) -> dict:
 
     real, _ = load_images(prepared, manifest, "test", settings.num_samples)
     noise = rng.standard_normal((len(real), latent_dim)).astype(np.float32)
-    fake = generator.predict(noise, batch_size=256, verbose=0)
+    fake = generate(generator, noise)
     scores = metrics.discriminator_scores(
         discriminator.predict(real, batch_size=256, verbose=0), discriminator.predict(fake, batch_size=256, verbose=0)
     )
-    scores["diversity_ratio"] = metrics.diversity_ratio(real, fake)
+    scores["diversity_ratio"] = metrics.diversity_ratio(real[:2000], fake[:2000])  # O(n^2): 2,000 are plenty
     scores["num_samples"] = len(real)
 
     grid_count = settings.grid_size**2
@@ -77,14 +96,27 @@ def evaluate(config: Config) -> dict:
     viz.save_gif(figures / "progress.gif", _progress_frames(trained.samples), settings.gif_fps)
     points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
     walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
-    frames = generator.predict(walks.reshape(-1, latent_dim), batch_size=256, verbose=0)
-    frames = to_uint8(frames, manifest).reshape(len(walks), 16, *frames.shape[1:])
+    frames = to_uint8(generate(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
+    frames = frames.reshape(len(walks), 16, *frames.shape[1:])
     viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
-    write_json(Path(config.paths.reports_dir) / "metrics.json", scores)
+
+    scorer = _quality(config, prepared, manifest, len(real))
+    if scorer is not None:
+        scores.update(scorer.score(fake))
+        if scorer.space.accuracy is not None:
+            scores["classifier_accuracy"] = scorer.space.accuracy
+        _confidence_grids(scorer, fake, manifest, figures, settings.grid_size)
+        best = json.loads((trained.checkpoints / "state.json").read_text()).get("best")
+        if best is not None:  # the best-FID round's generator, scored at full size too
+            scores["best"] = {"epoch": best["epoch"], **scorer.score(generate(_load(trained.best_generator), noise))}
+    write_json(reports / "metrics.json", scores)
 
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"eval_{key}": value for key, value in scores.items()})
+        # Quality metrics under their own names; the rest would collide with training's curves.
+        named = (*QUALITY_KEYS, "classifier_accuracy")
+        mlflow.log_metrics({key if key in named else f"eval_{key}": value for key, value in scores.items() if key != "best"})
+        mlflow.log_metrics({f"best_{key}": value for key, value in scores.get("best", {}).items() if key in QUALITY_KEYS})
         mlflow.log_artifacts(str(figures), artifact_path="evaluation")
-        mlflow.log_artifact(str(Path(config.paths.reports_dir) / "metrics.json"), artifact_path="evaluation")
+        mlflow.log_artifact(str(reports / "metrics.json"), artifact_path="evaluation")
     log.info("evaluation: %s", json.dumps(scores))
     return scores

@@ -13,6 +13,7 @@ from dcgan.config import Config, DataConfig, data_identity
 from dcgan.data import idx, image_folder, sources
 from dcgan.data.tfrecords import load_manifest, write_prepared
 from dcgan.errors import UserError
+from dcgan.files import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
 
 def prepare(config: Config) -> dict:
     data = config.data
+    check_writable(Path(config.paths.prepared_dir))
     splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(config)
     target = Path(config.paths.prepared_dir) / data.name
     log.info("preparing %s (%s) at %dx%dx%d into %s", data.name, data.source, data.image_size, data.image_size, data.channels, target)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -16,15 +15,16 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from dcgan import models, tracking, viz
-from dcgan.callbacks import Checkpointer, MLflowMetrics, SampleGrid, Throughput
+from dcgan import models, quality, tracking, viz
+from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, StopSignals, Throughput
 from dcgan.checkpoints import CheckpointDir, RunState
-from dcgan.config import Config, OptimizerConfig, run_identity
+from dcgan.config import Config, OptimizerConfig, run_identity, to_dict
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import manifest_sha256
-from dcgan.errors import UserError
-from dcgan.files import write_json
+from dcgan.errors import Interrupted, UserError
+from dcgan.files import check_writable, save_model, write_json
 from dcgan.gan import GAN
+from dcgan.quality import Scorer
 from dcgan.stages.prepare import prepared_dataset
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ class TrainOutputs:
     @property
     def discriminator(self) -> Path:
         return self.models_dir / "discriminator.keras"
+
+    @property
+    def best_generator(self) -> Path:
+        """The generator of the round with the lowest in-training FID."""
+        return self.models_dir / "generator_best.keras"
 
     @property
     def checkpoints(self) -> Path:
@@ -142,36 +147,62 @@ class Schedule:
         return cls(interval, total // interval)
 
 
+def _differences(old: dict, new: dict) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
 def _resume_state(checkpoints: CheckpointDir, identity: dict, config: Config, schedule: Schedule) -> RunState | None:
-    """The checkpoint state to resume, or None to start over (clearing a stale checkpoint)."""
+    """The checkpoint state to resume, or None to start over (clearing a stale checkpoint).
+
+    A checkpoint of other settings is replaced (``dvc exp run -S ...`` just works), but one of
+    the same settings on changed prepared data is refused: that is never silently resumed.
+    """
     state = checkpoints.load_state()
+    resume = config.train.resume
     if state is None or state.checkpoint is None:
+        if resume == "always":
+            raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
         return None
-    if config.train.resume == "never":
+    changed = _differences(state.identity, identity)
+    if resume == "never":
         log.info("train.resume=never: discarding the checkpoint in %s", checkpoints.folder)
-    elif state.epoch > schedule.epochs:
-        log.warning("checkpoint in %s is past the requested training length; starting over", checkpoints.folder)
-    elif state.identity != identity:
-        changed = sorted(k for k in set(state.identity) | set(identity) if state.identity.get(k) != identity.get(k))
+    elif changed == ["data.manifest_sha256"]:
+        raise UserError(
+            f"{checkpoints.folder}: the checkpoint was trained on other data (the prepared dataset's manifest "
+            f"changed since: sha256 {state.identity[changed[0]][:12]} -> {identity[changed[0]][:12]}); "
+            "rerun with train.resume=never to start over on the new data"
+        )
+    elif changed and resume == "always":
+        key = changed[0]
+        raise UserError(
+            f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {checkpoints.folder} "
+            f"({state.identity.get(key)!r}" + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "") + ")"
+        )
+    elif changed:
         log.warning("checkpoint in %s is from a different run (differs in: %s); starting over", checkpoints.folder, ", ".join(changed))
+    elif state.step > schedule.epochs * schedule.steps_per_epoch:
+        log.warning("checkpoint in %s is past the requested training length; starting over", checkpoints.folder)
     else:
         return state
     checkpoints.clear()
     return None
 
 
-def _save_keras(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+def _progress_scorer(config: Config, prepared: Path, manifest: dict) -> Scorer | None:
+    if not config.metrics.every:
+        return None
+    space = quality.feature_space(config, prepared, manifest)
+    return None if space is None else Scorer(space, config, prepared, manifest, config.metrics.train_samples)
 
 
 def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the final epoch's metrics."""
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
+    check_writable(out.models_dir, out.reports_dir)
     prepared, manifest = prepared_dataset(config)
     schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
+    scorer = _progress_scorer(config, prepared, manifest)  # may train the classifier: before seeding
 
     seed_everything(config)
     gan = build_gan(config, manifest)
@@ -184,40 +215,67 @@ def train(config: Config) -> dict:
     else:
         state = RunState(identity=identity)
         shutil.rmtree(out.samples, ignore_errors=True)
+        out.best_generator.unlink(missing_ok=True)
 
     noise = np.random.default_rng(config.train.sample_seed).standard_normal(
-        (config.train.sample_grid**2, config.model.latent_dim)
+        (config.train.sample_grid**2 + config.metrics.train_samples, config.model.latent_dim)
     ).astype(np.float32)
-    with tracking.start_run(config, state.mlflow_run_id) as run:
+    grid_noise, scoring_noise = noise[: config.train.sample_grid**2], noise[config.train.sample_grid**2 :]
+    with tracking.start_run(config, state.mlflow_run_id) as run, StopSignals() as stop:
         if state.mlflow_run_id is None:
             state.mlflow_run_id = run.info.run_id
-            mlflow.log_dict(manifest, "data/manifest.json")
+            mlflow.log_dict(manifest, "data/manifest.json")  # with the raw files' SHA-256
+            mlflow.log_dict(to_dict(config), "config.yaml")  # the full resolved config
+            mlflow.set_tag("data.manifest_sha256", identity["data.manifest_sha256"])
             _log_architecture(gan)
         write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
+        # A round cut short by a stop signal continues with its loss means so far.
+        mid_round = state.step > state.epoch * schedule.steps_per_epoch
         callbacks = [
-            Throughput(schedule.steps_per_epoch * config.train.batch_size),
-            SampleGrid(noise, config.train.sample_grid, manifest, out.samples),
+            Throughput(config.train.batch_size),
+            SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples),
+            *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.epochs)] if scorer else []),
             MLflowMetrics(),
-            Checkpointer(checkpoints, state, out.history, schedule.steps_per_epoch),
+            Checkpointer(checkpoints, state, out.history, schedule.steps_per_epoch, stop, out.best_generator,
+                         [v.numpy() for v in gan.metrics_variables] if mid_round else None),
         ]
-        dataset = training_dataset(
-            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer,
-            state.epoch * schedule.steps_per_epoch,
-        )
-        if state.epoch < schedule.epochs:
-            gan.fit(
-                dataset,
-                epochs=schedule.epochs,
-                initial_epoch=state.epoch,
-                steps_per_epoch=schedule.steps_per_epoch,
-                shuffle=False,  # the dataset shuffles itself, reproducibly per epoch
-                callbacks=callbacks,
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
-        final = state.history[-1]
-        _save_keras(gan.generator, out.generator)
-        _save_keras(gan.discriminator, out.discriminator)
+        try:
+            _fit(gan, config, prepared, manifest, schedule, state, callbacks)
+        except Interrupted:
+            mlflow.end_run("KILLED")
+            raise
+        final = {**state.history[-1], **({f"best_{k}": v for k, v in state.best.items()} if state.best else {})}
+        save_model(gan.generator, out.generator)
+        save_model(gan.discriminator, out.discriminator)
+        if state.best is None:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
+            save_model(gan.generator, out.best_generator)
         write_json(out.metrics, final)
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k not in ("epoch", "iteration")})
+        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k not in ("epoch", "iteration") and not k.startswith("best_")})
+        if state.best:
+            mlflow.log_metrics({f"best_{k}": v for k, v in state.best.items()})
         tracking.log_generator(gan.generator, config.model.latent_dim, final["epoch"])
     return final
+
+
+def _fit(gan: GAN, config: Config, prepared: Path, manifest: dict, schedule: Schedule, state: RunState, callbacks: list) -> None:
+    """Run the rounds still to do; a round that a stop signal cut short is finished first,
+    as a ``fit`` of its remaining steps, so every step sees the data it would have seen."""
+    steps = schedule.steps_per_epoch
+    segments = [(schedule.epochs, steps)]
+    if state.step > state.epoch * steps:
+        segments.insert(0, (state.epoch + 1, (state.epoch + 1) * steps - state.step))
+    for epochs, steps_per_epoch in segments:
+        if state.epoch >= epochs:
+            continue
+        dataset = training_dataset(
+            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer, state.step
+        )
+        gan.fit(
+            dataset,
+            epochs=epochs,
+            initial_epoch=state.epoch,
+            steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # the dataset shuffles itself, reproducibly per pass
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )

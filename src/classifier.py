@@ -1,0 +1,15 @@
+"""Stage entry point: `python src/classifier.py [overrides]`; DVC runs it on params.yaml."""
+
+import hydra
+
+from dcgan.cli import launch, run_stage
+from dcgan.stages.classifier import train_classifier
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg) -> None:
+    run_stage(train_classifier, cfg)
+
+
+if __name__ == "__main__":
+    launch(main)

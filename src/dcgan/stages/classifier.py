@@ -1,0 +1,92 @@
+"""The classifier stage: a domain classifier per prepared dataset, the feature extractor of
+the quality metrics, cached in ``paths.classifier_dir/<data.name>`` and retrained only
+when the prepared data or ``metrics.classifier`` settings change."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from dcgan.config import Config, flatten, to_dict
+from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
+from dcgan.files import check_writable, write_json
+from dcgan.models.classifier import build_classifier, with_features
+from dcgan.stages.prepare import prepared_dataset
+
+log = logging.getLogger(__name__)
+
+MODEL = "classifier.keras"
+REPORT = "classifier.json"
+
+
+def _identity(config: Config, prepared: Path) -> dict:
+    return {"data.manifest_sha256": manifest_sha256(prepared), **flatten({"metrics.classifier": to_dict(config)["metrics"]["classifier"]})}
+
+
+def _labelled(prepared: Path, manifest: dict, split: str, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
+    data = read_split(prepared, manifest, split).map(lambda image, label: (normalize(image, manifest), label))
+    data = data.apply(tf.data.experimental.assert_cardinality(manifest["splits"][split]["count"]))
+    if seed is not None:  # training: reshuffled every pass, repeated (fit counts the steps)
+        data = data.shuffle(manifest["splits"][split]["count"], seed=seed).repeat()
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict:
+    settings = config.metrics.classifier
+    report = {"identity": _identity(config, prepared), "num_classes": manifest.get("num_classes", 0)}
+    check_writable(folder.parent)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if report["num_classes"] < 2:
+        log.warning("%s has no class labels: no domain classifier, so no classifier-based quality metrics "
+                    "(set data.labels, or metrics.features=inception)", config.data.name)
+        report["classifier_accuracy"] = None
+        write_json(folder / REPORT, report)
+        return report
+    log.info("training the domain classifier for %s (%d classes), cached in %s", config.data.name, report["num_classes"], folder)
+    keras.utils.set_random_seed(settings.seed)
+    classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    classifier.fit(
+        _labelled(prepared, manifest, "train", settings.batch_size, settings.seed),
+        epochs=settings.epochs,
+        steps_per_epoch=-(-manifest["splits"]["train"]["count"] // settings.batch_size),
+        verbose=2,
+    )
+    _, accuracy = classifier.evaluate(_labelled(prepared, manifest, "test", 512), verbose=0)
+    classifier.save(folder / MODEL)
+    report["classifier_accuracy"] = float(accuracy)
+    write_json(folder / REPORT, report)  # last: a folder with a report is complete
+    log.info("domain classifier test accuracy: %.4f", accuracy)
+    return report
+
+
+def train_classifier(config: Config) -> dict:
+    """The stage: (re)train the classifier of ``config.data`` unless the cached one is current."""
+    prepared, manifest = prepared_dataset(config)
+    folder = Path(config.paths.classifier_dir) / config.data.name
+    report = _cached_report(config, prepared, folder)
+    return report if report is not None else _train(config, prepared, manifest, folder)
+
+
+def _cached_report(config: Config, prepared: Path, folder: Path) -> dict | None:
+    try:
+        report = json.loads((folder / REPORT).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return report if report.get("identity") == _identity(config, prepared) else None
+
+
+def classifier_for(config: Config, prepared: Path, manifest: dict) -> tuple[keras.Model, float] | None:
+    """(features-and-probabilities network, test accuracy) of the data's classifier,
+    training it first if needed; None for data without class labels."""
+    folder = Path(config.paths.classifier_dir) / config.data.name
+    report = _cached_report(config, prepared, folder) or _train(config, prepared, manifest, folder)
+    if report["classifier_accuracy"] is None:
+        return None
+    return with_features(keras.models.load_model(folder / MODEL)), report["classifier_accuracy"]

@@ -1,0 +1,208 @@
+"""Crash-safe training with real processes: SIGKILL, SIGINT and SIGTERM at several points,
+non-finite losses, changed data, and output folders that are read-only or full."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY, run_stage
+from test_cli import _last_line_error, mlflow_client
+
+pytestmark = pytest.mark.slow
+
+# 1,024 images at batch 64: 16 steps a round, 3 rounds, a few seconds each on 2 cores.
+LONGER = [*TINY, "data.limit=1024", "train.epochs=3"]
+STEPS_PER_ROUND = 16
+
+
+def _state(workdir: Path) -> dict | None:
+    path = workdir / "models/checkpoints/state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _final_weights(workdir: Path) -> dict[str, np.ndarray]:
+    state = _state(workdir)
+    with np.load(workdir / "models/checkpoints" / state["checkpoint"]) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+class Training:
+    """``src/train.py`` started in the background, its output in files we can poll."""
+
+    def __init__(self, workdir: Path, *overrides: str):
+        self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err
+            )
+
+    def wait_until(self, condition, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"training ended early:\n{self.stderr[-3000:]}"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    def rounds_started(self) -> int:
+        return self.stdout.read_text().count("Epoch ")
+
+    def stop(self, signum: int, after_seconds: float) -> int:
+        time.sleep(after_seconds)
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=300)
+
+    @property
+    def stderr(self) -> str:
+        return self.stdout.with_suffix(".err").read_text()
+
+
+def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
+    straight, chaos = tmp_path / "straight", tmp_path / "chaos"
+    for workdir in (straight, chaos):
+        workdir.mkdir()
+        run_stage("prepare", *LONGER, cwd=workdir)
+    run_stage("train", *LONGER, cwd=straight)
+
+    # 1. SIGKILL in the first round, before any checkpoint exists.
+    run = Training(chaos, *LONGER)
+    run.wait_until(lambda: run.rounds_started() >= 1)
+    assert run.stop(signal.SIGKILL, 2.0) == -signal.SIGKILL
+    assert _state(chaos) is None or _state(chaos)["step"] < STEPS_PER_ROUND
+
+    # 2. SIGKILL mid-round 2, just after the checkpoint of round 1 was committed.
+    run = Training(chaos, *LONGER)
+    run.wait_until(lambda: (_state(chaos) or {}).get("step") == STEPS_PER_ROUND)
+    assert run.stop(signal.SIGKILL, 1.0) == -signal.SIGKILL
+
+    # 3. SIGTERM mid-round: the step finishes, a checkpoint of it is written, the run is KILLED.
+    run = Training(chaos, *LONGER)
+    run.wait_until(lambda: run.rounds_started() >= 1)
+    assert run.stop(signal.SIGTERM, 3.0) == 128 + signal.SIGTERM
+    message = run.stderr.strip().splitlines()[-1]
+    assert message.startswith("interrupted: SIGTERM received: stopped after step ") and "rerun the same command" in message
+    stopped = _state(chaos)
+    assert stopped["step"] % STEPS_PER_ROUND != 0, "expected a mid-round checkpoint"
+    run_id = json.loads((chaos / "models/run.json").read_text())["mlflow_run_id"]
+    assert mlflow_client(chaos).get_run(run_id).info.status == "KILLED"
+
+    # 4. SIGINT (Ctrl-C) in the round resumed from that mid-round checkpoint.
+    run = Training(chaos, *LONGER)
+    run.wait_until(lambda: run.rounds_started() >= 1)
+    assert run.stop(signal.SIGINT, 2.0) == 128 + signal.SIGINT
+    assert _state(chaos)["step"] > stopped["step"]
+
+    # 5. Run to the end: the same weights, optimizer state and per-round losses as without interruptions.
+    run_stage("train", *LONGER, cwd=chaos)
+    expected, actual = _final_weights(straight), _final_weights(chaos)
+    assert expected.keys() == actual.keys() and len(expected) > 40
+    assert all(np.array_equal(expected[key], actual[key]) for key in expected)
+    losses = ("d_loss", "g_loss", "d_real", "d_fake")
+    assert [{k: row[k] for k in losses} for row in _state(chaos)["history"]] == [
+        {k: row[k] for k in losses} for row in _state(straight)["history"]
+    ]
+    # One MLflow run throughout, finished, with one metric point per round.
+    assert json.loads((chaos / "models/run.json").read_text())["mlflow_run_id"] == run_id
+    client = mlflow_client(chaos)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "d_loss")] == [1, 2, 3]
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    # A learning rate this large sends the weights to infinity after the first step; a
+    # checkpoint after every step shows which one is kept.
+    huge = ["optimizer.generator.learning_rate=1e30", "optimizer.discriminator.learning_rate=1e30"]
+    result = run_stage("train", *TINY, "data.limit=256", "train.iterations=8", "train.interval=1", *huge, cwd=tmp_path, check=False)
+    assert _last_line_error(result) == (
+        "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
+        "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with train.resume=never to start over"
+    )
+    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == ["ckpt-000000001.npz", "state.json"]
+    run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
+    assert mlflow_client(tmp_path).get_run(run_id).info.status == "FAILED"
+
+
+def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
+    run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)
+    manifest = tmp_path / "data/prepared/mnist/manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # the prepared data changed behind the checkpoint's back
+
+    refused = _last_line_error(run_stage("train", *TINY, "data.limit=128", "train.epochs=2", cwd=tmp_path, check=False))
+    assert refused.startswith("error: models/checkpoints: the checkpoint was trained on other data")
+    assert refused.endswith("rerun with train.resume=never to start over on the new data")
+    assert _state(tmp_path)["epoch"] == 1  # the checkpoint is left alone
+
+    run_stage("train", *TINY, "data.limit=128", "train.resume=never", cwd=tmp_path)
+    mismatch = _last_line_error(
+        run_stage("train", *TINY, "data.limit=128", "model.latent_dim=64", "train.resume=always", cwd=tmp_path, check=False)
+    )
+    assert mismatch == "error: config key model.latent_dim: 64 does not match the checkpoint in models/checkpoints (100)"
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """Mount small tmpfs file systems (needs root, as in CI's container); unmount afterwards."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_read_only_or_full_output_folders_fail_cleanly(tmp_path, mount_tmpfs):
+    read_only = mount_tmpfs("read_only", "ro,size=1m")
+    error = _last_line_error(run_stage("train", *TINY, f"paths.models_dir={read_only}/models", cwd=tmp_path, check=False))
+    assert error == f"error: {read_only}/models: output folder is not writable (Read-only file system)"
+    assert not (tmp_path / "data").exists()  # refused before preparing or training anything
+
+    full = mount_tmpfs("full", "size=256k")  # the tiny dataset's shards need ~8 MB
+    error = _last_line_error(run_stage("prepare", *TINY, f"paths.prepared_dir={full}", cwd=tmp_path, check=False))
+    assert error.startswith(f"error: {full}/mnist: cannot write the prepared dataset: ")
+    assert list(full.iterdir()) == []  # no half-written dataset or temp folder left behind
+
+    run_stage("prepare", *TINY, cwd=tmp_path)
+    small = mount_tmpfs("small", "size=1m")  # room for the start, not for a checkpoint
+    error = _last_line_error(run_stage("train", *TINY, f"paths.models_dir={small}", cwd=tmp_path, check=False))
+    assert error.startswith(f"error: {small}/checkpoints/ckpt-") and error.endswith("No space left on device")
+    assert not list((small / "checkpoints").glob("*"))  # neither a partial checkpoint nor a temp file
+
+
+def _weights_sha256(workdir: Path) -> str:
+    digest = hashlib.sha256()
+    for key, array in sorted(_final_weights(workdir).items()):
+        digest.update(key.encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def test_same_config_and_seed_give_identical_weights_in_separate_processes(tmp_path):
+    hashes = set()
+    for attempt in range(3):
+        workdir = tmp_path / f"run{attempt}"
+        workdir.mkdir()
+        run_stage("train", *TINY, "data.limit=256", "train.epochs=2", cwd=workdir)
+        hashes.add(_weights_sha256(workdir))
+    assert len(hashes) == 1  # generator, discriminator, optimizer slots, RNG states: all equal
+    other_seed = tmp_path / "other_seed"
+    other_seed.mkdir()
+    run_stage("train", *TINY, "data.limit=256", "train.epochs=2", "train.seed=7", cwd=other_seed)
+    assert _weights_sha256(other_seed) not in hashes

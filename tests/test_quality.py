@@ -1,0 +1,71 @@
+"""The quality metrics in a real domain-classifier feature space, on real MNIST: the floor
+(real vs real), pure noise and a mode-collapsed sample set must read as what they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, compose_config
+from dcgan import quality
+from dcgan.data.pipeline import load_images
+from dcgan.errors import UserError
+from dcgan.stages.prepare import prepare
+from dcgan.stages.classifier import classifier_for
+
+COUNT = 2000
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A classifier trained on 12,000 MNIST images, the scorer over the first 2,000 test
+    images, and the next 4,000 test images as other real data."""
+    config = compose_config([*TINY, "data.limit=12000", "metrics.classifier.epochs=2"], tmp_path_factory.mktemp("quality"))
+    manifest = prepare(config)
+    prepared = Path(config.paths.prepared_dir) / config.data.name
+    space = quality.feature_space(config, prepared, manifest)
+    scorer = quality.Scorer(space, config, prepared, manifest, COUNT)
+    images, labels = load_images(prepared, manifest, "test", 3 * COUNT)
+    return config, prepared, manifest, scorer, images[COUNT:], labels[COUNT:]
+
+
+def test_classifier_is_accurate_and_cached(scored):
+    config, prepared, manifest, scorer, _, _ = scored
+    assert scorer.space.accuracy > 0.95  # 2 epochs on 12,000 images; ~99% with the full default
+    again = classifier_for(config, prepared, manifest)  # from the cache: same accuracy, no retraining
+    assert again[1] == scorer.space.accuracy
+
+
+def test_floor_noise_and_collapse_read_as_what_they_are(scored):
+    _, _, _, scorer, other_real, other_labels = scored
+    floor = scorer.score(other_real[:COUNT])
+    noise = scorer.score(np.random.default_rng(0).uniform(-1, 1, other_real[:COUNT].shape).astype(np.float32))
+    one_class = other_real[other_labels == 3]
+    collapsed = scorer.score(one_class)
+    same_size_floor = scorer.score(other_real[: len(one_class)])  # k-NN metrics depend on the set size
+
+    # Real vs real: FID near 0, precision and recall near 1, every class present.
+    assert floor["fid"] < 0.05 * noise["fid"]
+    assert floor["precision"] > 0.8 and floor["recall"] > 0.8 and floor["coverage"] > 0.8
+    assert floor["modes_covered"] == 10 and floor["mode_kl"] < 0.05 and floor["classifier_score"] > 8
+
+    # Noise: far away, nothing looks real.
+    assert noise["precision"] < 0.1 and noise["density"] < 0.1 and noise["coverage"] < 0.05 and noise["recall"] < 0.05
+
+    # One class only: realistic (precision stays high), but recall, coverage and modes collapse.
+    assert collapsed["modes_covered"] == 1 and collapsed["mode_kl"] > 1.5 and collapsed["classifier_score"] < 1.5
+    assert collapsed["precision"] > 0.7
+    assert collapsed["recall"] < 0.5 * same_size_floor["recall"]
+    assert collapsed["coverage"] < 0.5 * same_size_floor["coverage"]
+    assert collapsed["fid"] > 20 * floor["fid"]
+
+
+def test_inception_features_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # no download, even with internet
+    with pytest.raises(UserError) as error:
+        quality.inception_space([-1.0, 1.0])
+    assert str(error.value).startswith("config key metrics.features: inception needs Keras' InceptionV3 ImageNet weights")
+    assert "\n" not in str(error.value)
