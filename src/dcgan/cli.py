@@ -79,3 +79,4 @@ def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> None:
         # Hydra -m runs jobs in one process: each must start from a fresh Keras state.
         if "keras" in sys.modules:
             sys.modules["keras"].backend.clear_session()
+            sys.modules["keras"].mixed_precision.set_dtype_policy("float32")

@@ -26,6 +26,7 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise UserError(f"config key {key}: {message}")
 
 
+PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
 PIXEL_RANGES = ([-1.0, 1.0], [0.0, 1.0])  # generator output: tanh, sigmoid
 LABEL_SOURCES = ("none", "subfolder", "prefix")
 MIRROR_PREFIX = "mirror:"
@@ -143,6 +144,7 @@ class TrainConfig:
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
+    precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -152,6 +154,7 @@ class TrainConfig:
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _require(self.resume in ("auto", "always", "never"), "train.resume", f"must be auto, always or never, got {self.resume!r}")
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
+        _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
 

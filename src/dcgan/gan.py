@@ -56,8 +56,9 @@ class GAN(keras.Model):
             real_out, fake_out = scores[:batch_size], scores[batch_size:]
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
             d_loss = self.loss_fn(self._noisy(1.0, real_out), real_out) + self.loss_fn(self._noisy(0.0, fake_out), fake_out)
-        g_grads = g_tape.gradient(g_loss, self.generator.trainable_weights)
-        d_grads = d_tape.gradient(d_loss, self.discriminator.trainable_weights)
+        # scale_loss is the identity except under a LossScaleOptimizer (mixed_float16).
+        g_grads = g_tape.gradient(self.g_optimizer.scale_loss(g_loss), self.generator.trainable_weights)
+        d_grads = d_tape.gradient(self.d_optimizer.scale_loss(d_loss), self.discriminator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_weights))
         self.d_optimizer.apply_gradients(zip(d_grads, self.discriminator.trainable_weights))
 
