@@ -31,20 +31,32 @@ HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "i
 
 
 class Throughput(keras.callbacks.Callback):
+    """Per round: ``epoch_seconds`` spent in training steps and ``images_per_sec``. Over the
+    run: ``overhead``, the share of wall time spent outside training steps (grids, metrics,
+    MLflow, checkpoints), from the second round on so that tracing does not count."""
+
     def __init__(self, batch_size: int):
         super().__init__()
         self.batch_size = batch_size
+        self.round_starts: list[float] = []
+        self.step_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
+        self.round_starts.append(time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps = batch + 1  # a resumed round may be shorter than the others
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.started
+        seconds = time.perf_counter() - self.round_starts[-1]
+        self.step_seconds.append(seconds)
         logs["epoch_seconds"] = seconds
         logs["images_per_sec"] = self.steps * self.batch_size / seconds
+
+    def on_train_end(self, logs=None):
+        first = 1 if len(self.step_seconds) > 1 else 0
+        wall = time.perf_counter() - self.round_starts[first]
+        self.overhead = 1.0 - sum(self.step_seconds[first:]) / wall
 
 
 class SampleGrid(keras.callbacks.Callback):

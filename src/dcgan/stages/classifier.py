@@ -56,6 +56,7 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
         _labelled(prepared, manifest, "train", settings.batch_size, settings.seed),
         epochs=settings.epochs,
         steps_per_epoch=-(-manifest["splits"]["train"]["count"] // settings.batch_size),
+        shuffle=False,  # the dataset shuffles itself
         verbose=2,
     )
     _, accuracy = classifier.evaluate(_labelled(prepared, manifest, "test", 512), verbose=0)

@@ -239,8 +239,9 @@ def train(config: Config) -> dict:
         write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         # A round cut short by a stop signal continues with its loss means so far.
         mid_round = state.step > state.epoch * schedule.steps_per_epoch
+        throughput = Throughput(config.train.batch_size)
         callbacks = [
-            Throughput(config.train.batch_size),
+            throughput,
             SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples),
             *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.epochs)] if scorer else []),
             MLflowMetrics(),
@@ -252,15 +253,17 @@ def train(config: Config) -> dict:
         except Interrupted:
             mlflow.end_run("KILLED")
             raise
-        final = {**state.history[-1], **({f"best_{k}": v for k, v in state.best.items()} if state.best else {})}
+        last = state.history[-1]
+        summary = {f"best_{k}": v for k, v in (state.best or {}).items()}
+        if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
+            summary["overhead"] = round(throughput.overhead, 6)
         save_model(gan.generator, out.generator)
         save_model(gan.discriminator, out.discriminator)
         if state.best is None:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
             save_model(gan.generator, out.best_generator)
+        final = {**last, **summary}
         write_json(out.metrics, final)
-        mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if k not in ("epoch", "iteration") and not k.startswith("best_")})
-        if state.best:
-            mlflow.log_metrics({f"best_{k}": v for k, v in state.best.items()})
+        mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
         tracking.log_generator(gan.generator, config.model.latent_dim, final["epoch"])
     return final
 

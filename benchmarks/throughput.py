@@ -1,0 +1,225 @@
+"""Training speed, side by side in one process: the TensorFlow DCGAN tutorial's loop as
+published vs the product's real training path, with FLOPs and the machine's matmul peak.
+
+For the 28px tutorial architecture at batch 256 (and the 128px RGB model at batch 16):
+  (a) reference: the tutorial's ``@tf.function`` step with two GradientTapes over
+      ``from_tensor_slices(...).shuffle(...).batch(...)``, fp32 as published;
+  (b) product: ``dcgan.stages.train.train`` itself (TFRecord pipeline, the GAN class, fit,
+      every callback and MLflow logging on), in fp32 and with ``train.precision=auto``.
+Each is warmed up (one round, excluded), then timed over several rounds: median and
+spread of images/s, the ratio b/a, FLOPs per training image from the layer shapes,
+achieved GFLOP/s and its share of a float32/bfloat16 matmul measured in the same run.
+Also: the input pipeline alone, the share of a step spent waiting for input, and the
+per-epoch overhead of grids, metrics, MLflow and checkpoints.
+
+    python benchmarks/throughput.py [--steps 60] [--rounds 3]
+
+The last line is machine-readable: ``speedup_vs_tutorial=... fraction_of_peak=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+
+from dcgan import models
+from dcgan.config import Config, validate
+from dcgan.data.pipeline import load_images, training_dataset
+from dcgan.devices import resolve_precision
+from dcgan.stages.prepare import prepared_dataset
+from dcgan.stages.train import build_gan, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def configure(workdir: Path, overrides: list[str]) -> Config:
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        config = validate(compose("config", overrides=overrides))
+    config.paths.prepared_dir = str(workdir / "data/prepared")
+    config.paths.raw_dir = str(workdir / "data/raw")
+    config.paths.classifier_dir = str(workdir / "classifier")
+    config.tracking.uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    return config
+
+
+def spread(rates: list[float]) -> str:
+    return f"{statistics.median(rates):8.1f} img/s  (min {min(rates):.1f}, max {max(rates):.1f}, {len(rates)} rounds)"
+
+
+def matmul_peak(dtype: tf.DType, size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a square matmul, best of ``repeats``: the practical compute ceiling."""
+    a = tf.random.normal((size, size), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)))
+    matmul(a).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of the Dense, Conv2D and Conv2DTranspose layers, per image."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.Conv2DTranspose):  # every input pixel spreads a k x k kernel
+            h, w, c_in = layer.input.shape[1:]
+            total += 2 * h * w * int(np.prod(layer.kernel_size)) * c_in * layer.filters
+        elif isinstance(layer, keras.layers.Conv2D):
+            h, w, _ = layer.output.shape[1:]
+            total += 2 * h * w * int(np.prod(layer.kernel.shape[:3])) * layer.filters
+    return total
+
+
+def training_flops(generator: keras.Model, discriminator: keras.Model) -> int:
+    """Per training image: G forward + backward (3 G), D forward and backward on a real and
+    a generated image for D's loss (2 x 3 D), and backward through D for G's loss (2 D)."""
+    return 3 * forward_flops(generator) + 8 * forward_flops(discriminator)
+
+
+def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int) -> list[float]:
+    """Images/s of the TensorFlow DCGAN tutorial's training loop, as published, per round."""
+    keras.mixed_precision.set_dtype_policy("float32")
+    generator, discriminator = models.build(config.model, images.shape[1:], [-1.0, 1.0])
+    cross_entropy = keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits")
+    generator_optimizer, discriminator_optimizer = keras.optimizers.Adam(1e-4), keras.optimizers.Adam(1e-4)
+    noise_dim = config.model.latent_dim
+
+    @tf.function
+    def train_step(images):
+        noise = tf.random.normal([batch, noise_dim])
+        with tf.GradientTape() as gen_tape, tf.GradientTape() as disc_tape:
+            generated_images = generator(noise, training=True)
+            real_output = discriminator(images, training=True)
+            fake_output = discriminator(generated_images, training=True)
+            gen_loss = cross_entropy(tf.ones_like(fake_output), fake_output)
+            disc_loss = cross_entropy(tf.ones_like(real_output), real_output) + cross_entropy(tf.zeros_like(fake_output), fake_output)
+        gradients_of_generator = gen_tape.gradient(gen_loss, generator.trainable_variables)
+        gradients_of_discriminator = disc_tape.gradient(disc_loss, discriminator.trainable_variables)
+        generator_optimizer.apply_gradients(zip(gradients_of_generator, generator.trainable_variables))
+        discriminator_optimizer.apply_gradients(zip(gradients_of_discriminator, discriminator.trainable_variables))
+
+    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images)).batch(batch, drop_remainder=True).repeat()
+    batches = iter(dataset)
+    rates = []
+    for round_ in range(rounds + 1):  # the first round (tracing) is warm-up
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(next(batches))
+        generator.trainable_variables[0].numpy()  # wait for the last step
+        if round_:
+            rates.append(steps * batch / (time.perf_counter() - started))
+    return rates
+
+
+def product_path(config: Config, workdir: Path, steps: int, rounds: int, precision: str) -> tuple[list[float], float]:
+    """Per-round images/s of the real ``train`` (warm-up round excluded) and its overhead share."""
+    config.paths.models_dir = str(workdir / f"models-{precision}")
+    config.paths.reports_dir = str(workdir / f"reports-{precision}")
+    config.train.iterations, config.train.interval, config.train.precision = (rounds + 1) * steps, steps, precision
+    config.train.resume = "never"
+    final = train(config)
+    history = [row for row in _history(Path(config.paths.reports_dir) / "train_history.csv")][1:]
+    keras.backend.clear_session()
+    return [row["images_per_sec"] for row in history], final["overhead"]
+
+
+def _history(path: Path) -> list[dict]:
+    header, *rows = path.read_text().splitlines()
+    keys = header.split(",")
+    return [{k: float(v) for k, v in zip(keys, row.split(",")) if v} for row in rows]
+
+
+def compute_only(config: Config, manifest: dict, images: np.ndarray, batch: int, steps: int, precision: str) -> float:
+    """Images/s of the product's step on one batch held in memory: no input pipeline at all."""
+    config.train.precision = precision
+    gan = build_gan(config, manifest)
+    constant = tf.data.Dataset.from_tensors(tf.constant(images[:batch])).repeat()
+    gan.fit(constant, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)  # warm-up
+    started = time.perf_counter()
+    gan.fit(constant, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+    rate = steps * batch / (time.perf_counter() - started)
+    keras.backend.clear_session()
+    return rate
+
+
+def pipeline_rate(prepared: Path, manifest: dict, batch: int, steps: int) -> float:
+    """Images/s the training input pipeline delivers on its own."""
+    batches = iter(training_dataset(prepared, manifest, batch, 0, 60000, 0))
+    for _ in range(steps):  # warm-up, fills the cache
+        next(batches)
+    started = time.perf_counter()
+    for _ in range(steps * 4):
+        next(batches)
+    return steps * 4 * batch / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="steps per timed round (28px model)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--skip-rgb", action="store_true", help="only the 28px tutorial architecture")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every setup, e.g. data.limit=2048")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: {len(tf.config.list_physical_devices('CPU'))} device(s), "
+          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; work dir {workdir}", flush=True)
+
+    peak = {"float32": matmul_peak(tf.float32), "bfloat16": matmul_peak(tf.bfloat16)}
+    print(f"matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
+
+    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["metrics.every=1"], 256, args.steps)]
+    if not args.skip_rgb:
+        setups.append(("128px RGB model (+experiment=faces128_rmsprop)", ["+experiment=faces128_rmsprop", "metrics.every=0"], 16, args.steps * 4))
+    summary = {}
+    for title, overrides, batch, steps in setups:
+        config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
+        prepared, manifest = prepared_dataset(config)
+        images, _ = load_images(prepared, manifest, "train", 60000)
+        generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
+        flops = training_flops(generator, discriminator)
+        keras.backend.clear_session()
+        print(f"\n== {title}, batch {batch}: {flops / 1e9:.3f} GFLOP per training image (forward + backward)", flush=True)
+
+        reference = tutorial_loop(config, images, batch, steps, args.rounds)
+        print(f"(a) tutorial loop, fp32      {spread(reference)}", flush=True)
+        results = {}
+        for precision in ("fp32", "auto"):
+            rates, overhead = product_path(config, workdir, steps, args.rounds, precision)
+            results[precision] = (rates, overhead)
+            print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {statistics.median(rates) / statistics.median(reference):.2f}", flush=True)
+        rates, overhead = results["auto"]
+        achieved = statistics.median(rates) * flops / 1e9
+        resolved = "bfloat16" if resolve_precision("auto") == "mixed_bfloat16" else "float32"
+        step_seconds = batch / statistics.median(rates)
+        # The overhead share is of rounds of `steps` steps; per epoch it is spread over more.
+        epoch_steps = manifest["splits"]["train"]["count"] // batch
+        overhead_seconds = overhead / (1 - overhead) * steps * step_seconds
+        per_epoch = overhead_seconds / (overhead_seconds + epoch_steps * step_seconds)
+        compute = compute_only(config, manifest, images, batch, steps, "auto")
+        waiting = max(0.0, 1 - statistics.median(rates) / compute)
+        pipeline = pipeline_rate(prepared, manifest, batch, steps)
+        print(f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[resolved]:.2f} of the {resolved} matmul peak")
+        print(f"    input pipeline alone {pipeline:.0f} img/s = {pipeline / statistics.median(rates):.1f}x the training rate; "
+              f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input")
+        print(f"    per-epoch overhead (grid, metrics, MLflow, checkpoint): {overhead_seconds:.1f} s per round = "
+              f"{per_epoch:.1%} of a {epoch_steps}-step epoch", flush=True)
+        summary.setdefault("speedup", statistics.median(rates) / statistics.median(reference))
+        summary.setdefault("fraction", achieved / peak[resolved])
+    print(f"speedup_vs_tutorial={summary['speedup']:.2f} fraction_of_peak={summary['fraction']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
