@@ -87,6 +87,9 @@ def test_training_by_iterations_with_an_interval(tmp_path):
     assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: rounds cross passes
     bad = _last_line_error(run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False))
     assert bad == "error: config key train.interval: 3 steps do not divide the 7 steps of train.iterations"
+    run_stage("train", *TINY, "data.limit=128", "train.epochs=4", "train.interval_epochs=2", "train.resume=never", cwd=tmp_path)
+    rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
+    assert rows == [["1", "4"], ["2", "8"]]  # a checkpoint and grid every 2 passes of 2 steps
 
 
 def _last_line_error(result) -> str:

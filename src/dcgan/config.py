@@ -133,6 +133,7 @@ class TrainConfig:
     epochs: int = 10
     iterations: Optional[int] = None  # set: train for this many steps instead of train.epochs
     interval: Optional[int] = None  # steps between checkpoints/sample grids; null: one pass over the data
+    interval_epochs: Optional[int] = None  # or: passes over the data between them (not both)
     batch_size: int = 256
     seed: int = 42
     deterministic: bool = True  # op determinism: same seed -> same weights on CPU
@@ -150,6 +151,8 @@ class TrainConfig:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
         _require(self.iterations is None or self.iterations >= 1, "train.iterations", f"must be positive or null, got {self.iterations}")
         _require(self.interval is None or self.interval >= 1, "train.interval", f"must be positive or null, got {self.interval}")
+        _require(self.interval_epochs is None or self.interval_epochs >= 1, "train.interval_epochs", f"must be positive or null, got {self.interval_epochs}")
+        _require(self.interval is None or self.interval_epochs is None, "train.interval_epochs", "set train.interval (steps) or train.interval_epochs, not both")
         _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _require(self.resume in ("auto", "always", "never"), "train.resume", f"must be auto, always or never, got {self.resume!r}")

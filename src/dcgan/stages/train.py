@@ -136,7 +136,8 @@ def _log_architecture(gan: GAN) -> None:
 class Schedule:
     """How ``fit`` runs: ``epochs`` rounds of ``steps_per_epoch`` steps, a checkpoint and a
     sample grid after each. By default a round is one pass over the data; with
-    ``train.interval`` it is that many steps; ``train.iterations`` replaces ``train.epochs``."""
+    ``train.interval`` that many steps, with ``train.interval_epochs`` that many passes;
+    ``train.iterations`` replaces ``train.epochs``."""
 
     steps_per_epoch: int
     epochs: int
@@ -147,11 +148,12 @@ class Schedule:
         per_pass = train_count // train.batch_size
         if per_pass == 0:
             raise UserError(f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in {prepared}")
-        interval = train.interval or per_pass
+        interval = train.interval or (train.interval_epochs or 1) * per_pass
         total = train.iterations or train.epochs * per_pass
         if total % interval:
             key = "train.iterations" if train.iterations else "train.epochs"
-            raise UserError(f"config key train.interval: {interval} steps do not divide the {total} steps of {key}")
+            setting = "train.interval" if train.interval else "train.interval_epochs"
+            raise UserError(f"config key {setting}: {interval} steps do not divide the {total} steps of {key}")
         return cls(interval, total // interval)
 
 
