@@ -89,10 +89,11 @@ def training_flops(generator: keras.Model, discriminator: keras.Model) -> int:
     return 3 * forward_flops(generator) + 8 * forward_flops(discriminator)
 
 
-def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int) -> list[float]:
-    """Images/s of the TensorFlow DCGAN tutorial's training loop, as published, per round."""
+def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int):
+    """The TensorFlow DCGAN tutorial's networks (as built for ``config.model``), optimizers
+    and ``@tf.function`` train step, as published: fp32, Adam(1e-4) for both networks."""
     keras.mixed_precision.set_dtype_policy("float32")
-    generator, discriminator = models.build(config.model, images.shape[1:], [-1.0, 1.0])
+    generator, discriminator = models.build(config.model, image_shape, [-1.0, 1.0])
     cross_entropy = keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits")
     generator_optimizer, discriminator_optimizer = keras.optimizers.Adam(1e-4), keras.optimizers.Adam(1e-4)
     noise_dim = config.model.latent_dim
@@ -111,6 +112,12 @@ def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, ro
         generator_optimizer.apply_gradients(zip(gradients_of_generator, generator.trainable_variables))
         discriminator_optimizer.apply_gradients(zip(gradients_of_discriminator, discriminator.trainable_variables))
 
+    return generator, train_step
+
+
+def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int) -> list[float]:
+    """Images/s of the tutorial's training loop over its own input pipeline, per round."""
+    generator, train_step = tutorial_step(config, images.shape[1:], batch)
     dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images)).batch(batch, drop_remainder=True).repeat()
     batches = iter(dataset)
     rates = []

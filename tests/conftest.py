@@ -37,6 +37,15 @@ def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> C
     return config
 
 
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """Building a GAN sets Keras' global dtype policy (train.precision); reset it after each test."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Config:
     """A config whose prepared data (512 MNIST training images) already exists."""

@@ -36,11 +36,11 @@ def test_unknown_architecture():
         models.build(ModelConfig(name="resnet"), (28, 28, 1), [-1.0, 1.0])
 
 
-def _gan_and_batch(tiny_prepared):
+def _gan_and_batch(tiny_prepared, config=None):
     folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
     manifest = load_manifest(folder)
     batch = next(iter(training_dataset(folder, manifest, 32, 0, 512, 0)))
-    return build_gan(tiny_prepared, manifest), batch
+    return build_gan(config or tiny_prepared, manifest), batch
 
 
 def test_one_train_step_updates_both_networks(tiny_prepared):
@@ -151,3 +151,26 @@ def test_rmsprop_decay_matches_keras2():
     assert optimizer.clipvalue == 1.0
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     assert float(schedule(100)) == pytest.approx(1e-4 / (1 + 0.01 * 100))
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_steps_keep_float32_weights_and_outputs(tiny_prepared, precision):
+    import keras
+
+    gan, batch = _gan_and_batch(tiny_prepared, compose_config([*TINY, f"train.precision={precision}"]))
+    logs = gan.train_step(batch)
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert gan.generator.layers[1].compute_dtype == precision.removeprefix("mixed_")  # hidden layers: low precision
+    assert all(w.dtype == "float32" for w in gan.generator.weights + gan.discriminator.weights)
+    assert gan.generator.layers[-1].compute_dtype == "float32"  # outputs and losses stay float32
+    assert isinstance(gan.g_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from dcgan import devices
+
+    assert devices.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(devices, "_cpu_has_bf16", lambda: True)
+    assert devices.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(devices, "_cpu_has_bf16", lambda: False)
+    assert devices.resolve_precision("auto") == "fp32"

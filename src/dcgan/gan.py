@@ -56,11 +56,12 @@ class GAN(keras.Model):
             real_out, fake_out = scores[:batch_size], scores[batch_size:]
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
             d_loss = self.loss_fn(self._noisy(1.0, real_out), real_out) + self.loss_fn(self._noisy(0.0, fake_out), fake_out)
-        # scale_loss is the identity except under a LossScaleOptimizer (mixed_float16).
-        g_grads = g_tape.gradient(self.g_optimizer.scale_loss(g_loss), self.generator.trainable_weights)
-        d_grads = d_tape.gradient(self.d_optimizer.scale_loss(d_loss), self.discriminator.trainable_weights)
-        self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_weights))
-        self.d_optimizer.apply_gradients(zip(d_grads, self.discriminator.trainable_weights))
+            # The identity except under a LossScaleOptimizer (mixed_float16), which unscales.
+            scaled_g_loss, scaled_d_loss = self.g_optimizer.scale_loss(g_loss), self.d_optimizer.scale_loss(d_loss)
+        g_grads = g_tape.gradient(scaled_g_loss, self.generator.trainable_weights)
+        d_grads = d_tape.gradient(scaled_d_loss, self.discriminator.trainable_weights)
+        self.g_optimizer.apply(g_grads, self.generator.trainable_weights)
+        self.d_optimizer.apply(d_grads, self.discriminator.trainable_weights)
 
         self.trackers["d_loss"].update_state(d_loss)
         self.trackers["g_loss"].update_state(g_loss)
