@@ -33,6 +33,7 @@ def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> C
         config.paths.prepared_dir = str(tmp_path / "data/prepared")
         config.paths.models_dir = str(tmp_path / "models")
         config.paths.reports_dir = str(tmp_path / "reports")
+        config.paths.classifier_dir = str(tmp_path / "models/classifier")
         config.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return config
 

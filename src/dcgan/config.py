@@ -146,6 +146,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
+    strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
+    cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -157,6 +159,8 @@ class TrainConfig:
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
         _require(self.resume in ("auto", "always", "never"), "train.resume", f"must be auto, always or never, got {self.resume!r}")
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
+        _require(self.strategy in ("default", "mirrored"), "train.strategy", f"must be default or mirrored, got {self.strategy!r}")
+        _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
         _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")

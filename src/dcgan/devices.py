@@ -1,4 +1,4 @@
-"""Numeric precision for training, resolved for the hardware at hand."""
+"""Hardware choices for training: numeric precision and the distribution strategy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from dcgan.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +39,25 @@ def set_precision(precision: str) -> str:
     keras.mixed_precision.set_dtype_policy("float32" if resolved == "fp32" else resolved)
     log.info("precision: %s%s", resolved, " (auto)" if precision == "auto" else "")
     return resolved
+
+
+def split_cpu(devices: int) -> None:
+    """Present the CPU as ``devices`` logical devices, so the multi-device (mirrored) code
+    path runs, and is tested, on a machine without GPUs. Must precede any TensorFlow op."""
+    if devices == 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError:
+        raise UserError("config key train.cpu_devices: TensorFlow was already initialised in this process; "
+                        "run the train stage on its own (prepare first)") from None
+
+
+def distribution(strategy: str) -> tf.distribute.Strategy:
+    """``default``: one device. ``mirrored``: data-parallel over all GPUs or, without any,
+    over the logical CPU devices (``train.cpu_devices``); batches are split between them."""
+    if strategy == "default":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])

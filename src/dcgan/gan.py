@@ -26,6 +26,7 @@ class GAN(keras.Model):
         self.label_noise = label_noise
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
+        self.built = True  # both networks are; Keras must not build this model by calling it on images
 
     def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.BinaryCrossentropy):
         super().compile()
@@ -49,7 +50,12 @@ class GAN(keras.Model):
 
     def train_step(self, real_images):
         batch_size = tf.shape(real_images)[0]
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+        # Under a mirrored strategy each replica gets its share of the batch; the replicas
+        # share one RNG state, so each takes its own slice of one global noise batch.
+        replica = tf.distribute.get_replica_context()
+        replicas, index = (replica.num_replicas_in_sync, replica.replica_id_in_sync_group) if replica else (1, 0)
+        noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
+        noise = noise[index * batch_size : (index + 1) * batch_size]
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake_images = self.generator(noise, training=True)
             scores = self.discriminator(tf.concat([real_images, fake_images], axis=0), training=True)
@@ -63,8 +69,10 @@ class GAN(keras.Model):
         self.g_optimizer.apply(g_grads, self.generator.trainable_weights)
         self.d_optimizer.apply(d_grads, self.discriminator.trainable_weights)
 
-        self.trackers["d_loss"].update_state(d_loss)
-        self.trackers["g_loss"].update_state(g_loss)
+        # Keras divides losses by the replica count (gradients are summed over replicas);
+        # the logged values are per-sample means again.
+        self.trackers["d_loss"].update_state(d_loss * replicas)
+        self.trackers["g_loss"].update_state(g_loss * replicas)
         self.trackers["d_real"].update_state(tf.reduce_mean(self.probability(real_out)))
         self.trackers["d_fake"].update_state(tf.reduce_mean(self.probability(fake_out)))
         return {name: tracker.result() for name, tracker in self.trackers.items()}

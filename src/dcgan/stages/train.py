@@ -20,7 +20,7 @@ from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleG
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, run_identity, to_dict
 from dcgan.data.pipeline import training_dataset
-from dcgan.devices import set_precision
+from dcgan.devices import distribution, set_precision, split_cpu
 from dcgan.data.tfrecords import manifest_sha256
 from dcgan.errors import Interrupted, UserError
 from dcgan.files import check_writable, save_model, write_json
@@ -96,21 +96,22 @@ def seed_everything(config: Config) -> None:
 def build_gan(config: Config, manifest: dict) -> GAN:
     """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32)."""
     precision = set_precision(config.train.precision)
-    generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
-    gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise)
 
     def optimizer(network: str) -> keras.optimizers.Optimizer:
         inner = make_optimizer(config.optimizer, network)
         return keras.optimizers.LossScaleOptimizer(inner) if precision == "mixed_float16" else inner
 
-    gan.compile(
-        d_optimizer=optimizer("discriminator"),
-        g_optimizer=optimizer("generator"),
-        loss_fn=keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"),
-    )
-    # Optimizer slots exist only once built; a checkpoint restore needs them now.
-    gan.d_optimizer.build(discriminator.trainable_variables)
-    gan.g_optimizer.build(generator.trainable_variables)
+    with distribution(config.train.strategy).scope():
+        generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
+        gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise)
+        gan.compile(
+            d_optimizer=optimizer("discriminator"),
+            g_optimizer=optimizer("generator"),
+            loss_fn=keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"),
+        )
+        # Optimizer slots exist only once built; a checkpoint restore needs them now.
+        gan.d_optimizer.build(discriminator.trainable_variables)
+        gan.g_optimizer.build(generator.trainable_variables)
     return gan
 
 
@@ -207,6 +208,7 @@ def _progress_scorer(config: Config, prepared: Path, manifest: dict) -> Scorer |
 
 def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the final epoch's metrics."""
+    split_cpu(config.train.cpu_devices)  # before TensorFlow starts
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
     check_writable(out.models_dir, out.reports_dir)
