@@ -20,9 +20,11 @@ COUNT = 2000
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """A classifier trained on 12,000 MNIST images, the scorer over the first 2,000 test
-    images, and the next 4,000 test images as other real data."""
-    config = compose_config([*TINY, "data.limit=12000", "metrics.classifier.epochs=2"], tmp_path_factory.mktemp("quality"))
+    """A classifier trained for one epoch on MNIST (~98.5%), the scorer over the first 2,000
+    test images, and the next 4,000 test images as other real data. (A classifier trained
+    on less data maps noise close to digits: precision 0.78 for noise after 2 epochs on
+    12,000 images; 0.08 here; 0.015 with the default 3 epochs.)"""
+    config = compose_config([*TINY, "data.limit=60000", "metrics.classifier.epochs=1"], tmp_path_factory.mktemp("quality"))
     manifest = prepare(config)
     prepared = Path(config.paths.prepared_dir) / config.data.name
     space = quality.feature_space(config, prepared, manifest)
@@ -33,7 +35,7 @@ def scored(tmp_path_factory):
 
 def test_classifier_is_accurate_and_cached(scored):
     config, prepared, manifest, scorer, _, _ = scored
-    assert scorer.space.accuracy > 0.95  # 2 epochs on 12,000 images; ~99% with the full default
+    assert scorer.space.accuracy > 0.97  # ~99.3% with the default 3 epochs
     again = classifier_for(config, prepared, manifest)  # from the cache: same accuracy, no retraining
     assert again[1] == scorer.space.accuracy
 
@@ -52,7 +54,7 @@ def test_floor_noise_and_collapse_read_as_what_they_are(scored):
     assert floor["modes_covered"] == 10 and floor["mode_kl"] < 0.05 and floor["classifier_score"] > 8
 
     # Noise: far away, nothing looks real.
-    assert noise["precision"] < 0.1 and noise["density"] < 0.1 and noise["coverage"] < 0.05 and noise["recall"] < 0.05
+    assert noise["precision"] < 0.15 and noise["density"] < 0.1 and noise["coverage"] < 0.05 and noise["recall"] < 0.05
 
     # One class only: realistic (precision stays high), but recall, coverage and modes collapse.
     assert collapsed["modes_covered"] == 1 and collapsed["mode_kl"] > 1.5 and collapsed["classifier_score"] < 1.5
