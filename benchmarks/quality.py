@@ -42,8 +42,6 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, help="save an 8x8 grid of the tutorial loop's samples here")
     args = parser.parse_args()
     config = configure(REPO, [])
-    config.paths.classifier_dir = str(REPO / "models/classifier")
-    config.tracking.uri = None
     prepared, manifest = prepared_dataset(config)
     space = quality.feature_space(config, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")

@@ -43,9 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 def configure(workdir: Path, overrides: list[str]) -> Config:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         config = validate(compose("config", overrides=overrides))
-    config.paths.prepared_dir = str(workdir / "data/prepared")
-    config.paths.raw_dir = str(workdir / "data/raw")
-    config.paths.classifier_dir = str(workdir / "classifier")
+    # The project's prepared data and classifier cache (made by `dvc repro` or on first
+    # use); the timed runs' models, reports and MLflow store go to a temp folder.
+    for key in ("raw_dir", "prepared_dir", "classifier_dir"):
+        setattr(config.paths, key, str(REPO / getattr(config.paths, key)))
     config.tracking.uri = f"sqlite:///{workdir / 'mlflow.db'}"
     return config
 
