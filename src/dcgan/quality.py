@@ -7,7 +7,6 @@ InceptionV3. The formulas live in ``dcgan.metrics``; this module feeds them.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from dcgan import metrics
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.errors import UserError
-
-log = logging.getLogger(__name__)
 
 QUALITY_KEYS = ("fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl")
 BATCH = 250
