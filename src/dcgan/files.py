@@ -39,8 +39,12 @@ def write_json(path: Path, values: dict) -> None:
 def save_model(model, path: Path) -> None:
     """``model.save`` (Keras) to a temp name beside ``path``, then renamed into place."""
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def check_writable(*folders: Path) -> None:

@@ -83,7 +83,10 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray, eps: float = 1e-6) -> f
     """
     mu_r, sigma_r = gaussian_stats(real)
     mu_f, sigma_f = gaussian_stats(fake)
-    covmean = linalg.sqrtm(sigma_r @ sigma_f)
+    try:
+        covmean = linalg.sqrtm(sigma_r @ sigma_f)
+    except np.linalg.LinAlgError:  # scipy gives up on some singular products instead of returning inf
+        covmean = np.full_like(sigma_r, np.inf)
     if not np.isfinite(covmean).all():
         offset = eps * np.eye(len(sigma_r))
         covmean = linalg.sqrtm((sigma_r + offset) @ (sigma_f + offset))

@@ -96,6 +96,8 @@ class Scorer:
 
     def score(self, images: np.ndarray) -> dict[str, float]:
         features, probs = self.space(images)
+        if not (np.isfinite(features).all() and np.isfinite(probs).all()):  # a diverged generator
+            return {key: float("nan") for key in QUALITY_KEYS}
         settings = self.settings
         scores = metrics.quality_metrics(
             self.real_features, features, probs, self.real_classes, self.num_classes,
