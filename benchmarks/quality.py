@@ -7,7 +7,7 @@
 generator would score), uniform noise, and only the training images of one class (a
 mode-collapsed "generator"). ``tutorial``: trains the TensorFlow DCGAN tutorial's loop as
 published (its networks, Adam(1e-4), fp32, ``from_tensor_slices(...).shuffle().batch()``)
-for the given number of epochs (9 epochs ~ 30 min on 2 cores at ~355 images/s), printing
+for the given number of epochs (9 epochs took ~26 min alone here, the default run's budget), printing
 FID on 2,000 samples after every epoch and all metrics on 10,000 at the end. Both use the
 cached domain classifier in ``models/classifier/mnist`` (trained first if missing).
 """
