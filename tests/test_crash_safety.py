@@ -20,9 +20,9 @@ from test_cli import _last_line_error, mlflow_client
 
 pytestmark = pytest.mark.slow
 
-# 1,024 images at batch 64: 16 steps a round, 3 rounds, a few seconds each on 2 cores.
-LONGER = [*TINY, "data.limit=1024", "train.epochs=3"]
-STEPS_PER_ROUND = 16
+# 2,048 images at batch 64: 32 steps a round, 3 rounds, ~5 s each on 2 idle cores.
+LONGER = [*TINY, "data.limit=2048", "train.epochs=3"]
+STEPS_PER_ROUND = 32
 
 
 def _state(workdir: Path) -> dict | None:
@@ -93,7 +93,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     message = run.stderr.strip().splitlines()[-1]
     assert message.startswith("interrupted: SIGTERM received: stopped after step ") and "rerun the same command" in message
     stopped = _state(chaos)
-    assert stopped["step"] % STEPS_PER_ROUND != 0, "expected a mid-round checkpoint"
+    assert STEPS_PER_ROUND < stopped["step"] < 3 * STEPS_PER_ROUND  # usually mid-round; at a round's end it commits it first
     run_id = json.loads((chaos / "models/run.json").read_text())["mlflow_run_id"]
     assert mlflow_client(chaos).get_run(run_id).info.status == "KILLED"
 

@@ -154,6 +154,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.round_start = self.state.step
+        self.round_end = (epoch + 1) * self.steps_per_epoch
         if self.resumed_metrics is not None:
             for variable, value in zip(self.model.metrics_variables, self.resumed_metrics):
                 variable.assign(value)
@@ -169,14 +170,17 @@ class Checkpointer(keras.callbacks.Callback):
                     f"{key} became {value} at step {step}; training stopped and {kept}; "
                     "lower the learning rate, or rerun with train.resume=never to start over"
                 )
-        if self.stop.received is not None:
+        if self.stop.received is not None and step < self.round_end:  # at the end, the round commits first
             self.state.step = step
             self.checkpoints.save(self.model.state_variables(), self.state)
-            raise Interrupted(
-                self.stop.received,
-                f"{signal.Signals(self.stop.received).name} received: stopped after step {step}, checkpoint saved in "
-                f"{self.checkpoints.folder}; rerun the same command to resume",
-            )
+            self._interrupted()
+
+    def _interrupted(self):
+        raise Interrupted(
+            self.stop.received,
+            f"{signal.Signals(self.stop.received).name} received: stopped after step {self.state.step}, checkpoint saved in "
+            f"{self.checkpoints.folder}; rerun the same command to resume",
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         row = {
@@ -193,3 +197,5 @@ class Checkpointer(keras.callbacks.Callback):
         self.state.step = row["iteration"]
         write_history(self.history_path, self.state.history)
         self.checkpoints.save(self.model.state_variables(), self.state)
+        if self.stop.received is not None:
+            self._interrupted()
