@@ -1,16 +1,26 @@
-"""Shared fixtures: the real dataset mirror, composed configs, a tiny prepared MNIST slice."""
+"""Shared fixtures: the real dataset mirror, composed configs, a tiny prepared MNIST slice,
+a local HTTP server and a small archive laid out like TensorFlow's flower_photos.tgz."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
+import io
 import os
 import subprocess
 import sys
+import tarfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Optional
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from dcgan.config import MIRROR_ENV, Config, validate
+from dcgan.data.sources import ImageArchive
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
@@ -36,6 +46,47 @@ def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> C
         config.paths.classifier_dir = str(tmp_path / "models/classifier")
         config.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return config
+
+
+@contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on a free localhost port; yields the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def flower_archive(folder: Path, extra_member: Optional[str] = None) -> Path:
+    """``folder/flower_photos.tgz`` laid out like TensorFlow's (flower_photos/<class>/*.jpg and
+    LICENSE.txt), holding 12 real photos of 2 classes from the mirror; ``extra_member``: one
+    more photo stored under that name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "flower_photos.tgz"
+    mirror_photos = MIRROR / "flowers_ccby" / "images"
+    photos = [photo for kind in ("daisy", "roses") for photo in sorted(mirror_photos.glob(f"{kind}_*.jpg"))[:6]]
+    with tarfile.open(path, "w:gz") as tar:
+        for photo in photos:
+            kind, original_name = photo.name.split("_", 1)
+            tar.add(photo, arcname=f"flower_photos/{kind}/{original_name}")
+        licence = b"All images in this archive are licensed under the Creative Commons By-Attribution License.\n"
+        info = tarfile.TarInfo("flower_photos/LICENSE.txt")
+        info.size = len(licence)
+        tar.addfile(info, io.BytesIO(licence))
+        if extra_member:
+            tar.add(photos[0], arcname=extra_member)
+    return path
+
+
+def archive_entry(path: Path, urls: list[str]) -> ImageArchive:
+    """The registry entry of the archive at ``path`` (its real hash and size), served from ``urls``."""
+    return ImageArchive(tuple(urls), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size, "flower_photos", "subfolder")
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,13 @@
 """Architectures and the GAN model: shapes, parameter counts, a real train step, checkpoints."""
 
+import copy
+import zipfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import TINY, compose_config
 from dcgan import models
@@ -12,6 +16,7 @@ from dcgan.config import ModelConfig
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
+from dcgan.models.layers import FusedBatchNormalization
 from dcgan.stages.train import build_gan, make_optimizer
 
 
@@ -54,6 +59,66 @@ def test_one_train_step_updates_both_networks(tiny_prepared):
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_g, gan.generator.trainable_weights))
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_d, gan.discriminator.trainable_weights))
     assert int(gan.g_optimizer.iterations.numpy()) == 1 and int(gan.d_optimizer.iterations.numpy()) == 1
+
+
+def test_sampler_is_an_exponential_moving_average_of_the_generator(tiny_prepared):
+    config = copy.deepcopy(tiny_prepared)
+    config.train.ema_decay = 0.999
+    gan, batch = _gan_and_batch(tiny_prepared, config)
+    assert gan.sampler is not gan.generator
+    averages = [v.numpy().copy() for v in gan.sampler.variables]
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(averages, gan.generator.variables))
+    for step in (1, 2):
+        gan.train_step(batch)
+        decay = min(0.999, (1 + step) / (10 + step))  # warm-up: the random init is forgotten fast
+        averages = [decay * a + (1 - decay) * v.numpy() for a, v in zip(averages, gan.generator.variables)]
+        assert all(np.allclose(a, v.numpy(), atol=1e-6) for a, v in zip(averages, gan.sampler.variables))
+    assert not np.array_equal(gan.sampler.variables[0].numpy(), gan.generator.variables[0].numpy())
+
+
+def test_without_averaging_the_sampler_follows_the_generator(tiny_prepared):
+    gan, batch = _gan_and_batch(tiny_prepared)
+    assert tiny_prepared.train.ema_decay == 0.0
+    gan.train_step(batch)
+    assert all(np.array_equal(a.numpy(), v.numpy()) for a, v in zip(gan.sampler.variables, gan.generator.variables))
+    noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    assert np.array_equal(np.asarray(gan.sampler(noise)), np.asarray(gan.generator(noise)))
+
+
+@pytest.mark.parametrize("shape", [(64, 12), (16, 5, 5, 8)])
+def test_fused_batch_normalization_matches_keras(shape):
+    """Training outputs, moving statistics and gradients as Keras' own layer computes them."""
+    rng = np.random.default_rng(0)
+    inputs, weights = rng.normal(2.0, 3.0, shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    fused, plain = FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+        layer.build(shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, shape[-1]))
+        layer.beta.assign(np.linspace(-1.0, 1.0, shape[-1]))
+    results = []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            x = tf.constant(inputs)
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * weights)
+        grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        results.append([y, layer.moving_mean, layer.moving_variance, *grads])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(fused(inputs)), np.asarray(plain(inputs)), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_generator_needs_only_keras(tiny_prepared, tmp_path):
+    gan, _ = _gan_and_batch(tiny_prepared)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in gan.generator.layers)
+    path = tmp_path / "generator.keras"
+    gan.sampler.save(path)
+    with zipfile.ZipFile(path) as archive:
+        assert "dcgan" not in archive.read("config.json").decode().replace('"name": "generator"', "")
+    noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    loaded = keras.models.load_model(path)
+    assert np.array_equal(np.asarray(loaded(noise)), np.asarray(gan.generator(noise)))
 
 
 def test_checkpoint_round_trip_restores_every_variable(tiny_prepared, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MIRROR, TINY, compose_config
+from conftest import MIRROR, TINY, archive_entry, compose_config, flower_archive, http_server
 from dcgan.data import idx, sources, tfrecords
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.errors import UserError
@@ -124,3 +124,21 @@ def test_training_prepares_missing_or_stale_data(tmp_path):
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
     config.data.image_size = 32  # stale: prepared again
     assert prepared_dataset(config)[1]["image_shape"] == [32, 32, 1]
+
+
+def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monkeypatch):
+    monkeypatch.delenv("DCGAN_DATA_MIRROR")
+    tgz = flower_archive(tmp_path / "served")
+    config = compose_config(["data=flowers64", "data.image_size=32", "data.test_fraction=0.5"], tmp_path)
+    with http_server(tgz.parent) as url:
+        # The first URL is unreachable: the next one is used.
+        monkeypatch.setitem(sources.ARCHIVES, "tf_flowers", archive_entry(tgz, ["http://127.0.0.1:9/flower_photos.tgz", url + tgz.name]))
+        manifest = prepare(config)
+    extracted = tmp_path / "data/raw/tf_flowers/flower_photos"
+    assert [p.name for p in extracted.parent.iterdir()] == ["flower_photos"]  # the archive and temp files are gone
+    assert manifest["source_folder"] == str(extracted)
+    assert manifest["classes"] == ["daisy", "roses"]  # from the archive's sub-folders, not the mirror's file-name prefixes
+    assert manifest["source_files"] == 12 and not manifest["skipped"]
+    assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12
+    # Server gone: the extracted folder is reused, nothing is downloaded again.
+    assert prepare(config)["splits"] == manifest["splits"]

@@ -70,7 +70,7 @@ class SampleGrid(keras.callbacks.Callback):
         self.samples_dir = samples_dir
 
     def on_epoch_end(self, epoch, logs=None):
-        images = to_uint8(self.model.generator(self.noise, training=False), self.manifest)
+        images = to_uint8(self.model.sampler(self.noise, training=False), self.manifest)
         path = self.samples_dir / f"epoch_{epoch + 1:04d}.png"
         viz.save_png(path, viz.upscale(viz.grid(images, self.columns), 4))
         mlflow.log_artifact(str(path), artifact_path="samples")
@@ -90,7 +90,7 @@ class QualityMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every and epoch + 1 != self.last_epoch:
             return
-        scores = self.scorer.score(generate(self.model.generator, self.noise))
+        scores = self.scorer.score(generate(self.model.sampler, self.noise))
         logs.update({PROGRESS + key: value for key, value in scores.items()})
 
 
@@ -190,7 +190,7 @@ class Checkpointer(keras.callbacks.Callback):
             **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
         if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
-            save_model(self.model.generator, self.best_generator)
+            save_model(self.model.sampler, self.best_generator)
             self.state.best = {"epoch": row["epoch"], "fid": row["fid"]}
         self.state.history = [r for r in self.state.history if r["epoch"] <= epoch] + [row]
         self.state.epoch = epoch + 1

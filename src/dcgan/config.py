@@ -45,6 +45,7 @@ class DataConfig:
     shards: int = 4
     # image_folder only:
     path: Optional[str] = None  # the folder; "mirror:<sub/path>" is inside the dataset mirror
+    download: Optional[str] = None  # an archive of dcgan.data.sources.ARCHIVES, used for a mirror: path when no mirror is set
     labels: str = "none"  # none | subfolder (Keras convention) | prefix (data.label_pattern)
     label_pattern: str = "^([^_]+)_"  # regex whose first group is the class, for labels=prefix
     test_fraction: float = 0.1  # held out, chosen by a hash of each file's path
@@ -145,6 +146,7 @@ class TrainConfig:
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
+    ema_decay: float = 0.0  # > 0: sample from an exponential moving average of G's weights
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
@@ -163,6 +165,7 @@ class TrainConfig:
         _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
         _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
 
 
@@ -313,7 +316,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 # Settings that do not change what a training run computes: a checkpoint written under
 # other values of these is still the same run and may be resumed (epochs: to extend it).
-_NOT_DATA_IDENTITY = ("data.mirror", "data.urls", "data.shards")
+_NOT_DATA_IDENTITY = ("data.mirror", "data.urls", "data.download", "data.shards")
 _NOT_RUN_IDENTITY = (*_NOT_DATA_IDENTITY, "train.epochs", "train.iterations", "train.resume", "train.keep_checkpoints")
 _NOT_RUN_SECTIONS = ("evaluate", "metrics", "tracking", "paths")
 

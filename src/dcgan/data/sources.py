@@ -1,27 +1,31 @@
 """Where raw dataset files come from: a local mirror folder, or a verified download.
 
-Integrity is checked on the *decompressed* bytes: the same IDX files are distributed with
-different gzip encodings (the official ``.gz``, Debian's, our mirror's), but their content
-is fixed, so the SHA-256 of that content is what identifies a genuine file.
+Integrity of IDX files is checked on the *decompressed* bytes: the same IDX files are
+distributed with different gzip encodings (the official ``.gz``, Debian's, our mirror's),
+but their content is fixed, so the SHA-256 of that content is what identifies a genuine
+file. Image archives are published as one fixed file, so that file's SHA-256 is checked.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
+import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional, TypeVar
 
 from tqdm import tqdm
 
-from dcgan.config import MIRROR_ENV
+from dcgan.config import MIRROR_ENV, MIRROR_PREFIX, DataConfig
 from dcgan.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,37 @@ DATASETS: dict[str, IdxDataset] = {
 }
 
 
+@dataclass(frozen=True)
+class ImageArchive:
+    """An image-folder dataset published as one tar archive."""
+
+    urls: tuple[str, ...]  # tried in order
+    sha256: str  # of the archive file itself
+    size: int  # bytes
+    folder: str  # the top folder inside the archive, holding the images
+    labels: str  # how that folder's layout gives the classes, as a data.labels value
+
+    @property
+    def file_name(self) -> str:
+        return self.urls[0].rsplit("/", 1)[-1]
+
+
+ARCHIVES: dict[str, ImageArchive] = {
+    # Size and hash as published by TensorFlow Datasets (tensorflow_datasets/url_checksums/tf_flowers.txt):
+    # 3,670 photos in flower_photos/<daisy|dandelion|roses|sunflowers|tulips>/, plus flower_photos/LICENSE.txt.
+    "tf_flowers": ImageArchive(
+        urls=(
+            "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz",
+            "http://download.tensorflow.org/example_images/flower_photos.tgz",
+        ),
+        sha256="4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c",
+        size=228813984,
+        folder="flower_photos",
+        labels="subfolder",
+    ),
+}
+
+
 def dataset(source: str) -> IdxDataset:
     if source not in DATASETS:
         raise UserError(f"config key data.source: unknown dataset {source!r} (choose from {', '.join(DATASETS)})")
@@ -88,6 +123,12 @@ def read_verified(path: Path, expected: RawFile) -> bytes:
     return content
 
 
+def archive(name: str) -> ImageArchive:
+    if name not in ARCHIVES:
+        raise UserError(f"config key data.download: unknown archive {name!r} (choose from {', '.join(ARCHIVES)})")
+    return ARCHIVES[name]
+
+
 def _download(url: str, target: Path) -> None:
     """Stream ``url`` into ``target`` through a temp file, so a failure leaves nothing."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +144,24 @@ def _download(url: str, target: Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+Verified = TypeVar("Verified")
+
+
+def _download_verified(urls: Iterable[str], target: Path, verify: Callable[[Path], Verified]) -> Verified:
+    """Download ``target`` from the first URL whose file passes ``verify`` (which raises UserError);
+    a bad file is removed and the next URL tried. Returns what ``verify`` returns."""
+    errors = []
+    for url in urls:
+        try:
+            log.info("downloading %s", url)
+            _download(url, target)
+            return verify(target)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, UserError) as exc:
+            target.unlink(missing_ok=True)
+            errors.append(f"{url}: {exc}")
+    raise UserError(f"{target.name}: no source gave a verified copy ({'; '.join(errors)})")
 
 
 def fetch(source: str, mirror: Optional[Path], urls: list[str], cache_dir: Path) -> dict[str, bytes]:
@@ -136,17 +195,64 @@ def fetch(source: str, mirror: Optional[Path], urls: list[str], cache_dir: Path)
             except UserError as exc:
                 log.warning("discarding bad cached file: %s", exc)
                 cached.unlink()
-        errors = []
-        for base in urls:
-            url = base.rstrip("/") + "/" + raw.name
-            try:
-                log.info("downloading %s", url)
-                _download(url, cached)
-                contents[raw.name] = read_verified(cached, raw)
-                break
-            except (urllib.error.URLError, OSError, UserError) as exc:
-                cached.unlink(missing_ok=True)
-                errors.append(f"{url}: {exc}")
-        else:
-            raise UserError(f"{raw.name}: no source gave a verified copy ({'; '.join(errors)})")
+        file_urls = [base.rstrip("/") + "/" + raw.name for base in urls]
+        contents[raw.name] = _download_verified(file_urls, cached, lambda path: read_verified(path, raw))
     return contents
+
+
+def _verify_archive(path: Path, spec: ImageArchive) -> None:
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()  # streamed: the archive may be large
+    size = path.stat().st_size
+    if (digest, size) != (spec.sha256, spec.size):
+        raise UserError(f"{path}: checksum mismatch: SHA-256 {digest} ({size} bytes), expected {spec.sha256} ({spec.size} bytes)")
+
+
+def _extract(archive_path: Path, spec: ImageArchive, target: Path) -> None:
+    """Unpack the archive into a temp folder beside ``target``, then move its ``spec.folder`` to
+    ``target``: a failed or interrupted extraction leaves nothing there."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    try:
+        with tarfile.open(archive_path) as tar:
+            tar.extractall(staging, filter="data")  # refuses members that would land outside staging
+        if not (staging / spec.folder).is_dir():
+            raise UserError(f"{archive_path}: no {spec.folder}/ folder inside the archive")
+        os.replace(staging / spec.folder, target)
+    except (tarfile.TarError, OSError) as exc:
+        raise UserError(f"{archive_path}: cannot extract ({exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch_archive(spec: ImageArchive, cache_dir: Path) -> Path:
+    """The image folder of ``spec``, downloaded, verified and extracted into ``cache_dir`` once.
+
+    The folder only appears when completely extracted from a verified archive, so finding it
+    means the work is done; the archive itself is not kept.
+    """
+    folder = cache_dir / spec.folder
+    if folder.is_dir():
+        return folder
+    path = cache_dir / spec.file_name
+    _download_verified(spec.urls, path, lambda downloaded: _verify_archive(downloaded, spec))
+    try:
+        log.info("extracting %s", path)
+        _extract(path, spec, folder)
+    finally:
+        path.unlink()
+    return folder
+
+
+def image_folder_source(data: DataConfig, raw_dir: Path) -> tuple[Path, str]:
+    """The image folder to read and how its files are labelled (a data.labels value).
+
+    That is ``data.path``, unless it is inside a dataset mirror that is not set and
+    ``data.download`` names an archive: then the archive's folder, downloaded into
+    ``<raw_dir>/<archive name>/``, labelled by the archive's own layout (``data.labels``
+    describes the mirror's copy).
+    """
+    spec = archive(data.download) if data.download else None  # looked up first: a typo fails even with a mirror
+    if spec is not None and data.path.startswith(MIRROR_PREFIX) and data.mirror_dir() is None:
+        log.info("no dataset mirror set: using the %s archive (data.download)", data.download)
+        return fetch_archive(spec, raw_dir / data.download), spec.labels
+    return data.folder(), data.labels

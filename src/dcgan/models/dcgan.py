@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
+from dcgan.models.layers import FusedBatchNormalization
 
 KERNEL = 4
 BASE = 4  # the generator starts from a 4x4 map
@@ -43,13 +44,13 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
         keras.Input((model.latent_dim,)),
         layers.Reshape((1, 1, model.latent_dim)),
         layers.Conv2DTranspose(widths[0], BASE, strides=1, padding="valid", use_bias=False),  # -> 4x4
-        layers.BatchNormalization(),
+        FusedBatchNormalization(),
         _activation(model),
     ]
     for width in widths[1:]:
         stack += [
             layers.Conv2DTranspose(width, KERNEL, strides=2, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             _activation(model),
         ]
     stack.append(layers.Conv2DTranspose(channels, KERNEL, strides=2, padding="same", activation=output_activation, dtype="float32"))
@@ -62,7 +63,7 @@ def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -
     for i, width in enumerate(widths):
         stack.append(layers.Conv2D(width, KERNEL, strides=2, padding="same", use_bias=i == 0))
         if i > 0:
-            stack.append(layers.BatchNormalization())
+            stack.append(FusedBatchNormalization())
         stack.append(layers.LeakyReLU(model.leaky_slope))
     stack += [
         layers.Conv2D(1, BASE, strides=1, padding="valid", activation=model.d_activation(), dtype="float32"),  # 4x4 -> 1

@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
+from dcgan.models.layers import FusedBatchNormalization
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
@@ -31,10 +32,10 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
             layers.Reshape((quarter, quarter, model.filters * 2)),
             layers.Conv2DTranspose(model.filters * 2, 4, strides=2, padding="same"),
             layers.LeakyReLU(slope),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.Conv2DTranspose(model.filters * 2, 4, strides=2, padding="same"),
             layers.LeakyReLU(slope),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.Conv2D(channels, 7, padding="same", activation=output_activation, dtype="float32"),
         ],
         name="generator",
@@ -46,7 +47,7 @@ def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -
     for width, stride in ((model.filters, 2), (model.filters * 2, 2), (model.filters * 2, 1), (model.filters * 4, 1)):
         stack += [
             layers.Conv2D(width, 3, strides=stride, padding="same"),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.LeakyReLU(model.leaky_slope),
             layers.Dropout(model.dropout),
         ]

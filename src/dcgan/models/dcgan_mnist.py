@@ -6,6 +6,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
+from dcgan.models.layers import FusedBatchNormalization
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
@@ -19,14 +20,14 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
         [
             keras.Input((model.latent_dim,)),
             layers.Dense(7 * 7 * 256, use_bias=False),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.LeakyReLU(slope),
             layers.Reshape((7, 7, 256)),
             layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.LeakyReLU(slope),
             layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            FusedBatchNormalization(),
             layers.LeakyReLU(slope),
             # float32 output keeps the image range exact under mixed precision.
             layers.Conv2DTranspose(1, 5, strides=2, padding="same", use_bias=False, activation=output_activation, dtype="float32"),

@@ -72,8 +72,8 @@ def _checked(examples: Iterable, skipped: list[dict], total: int, folder: Path, 
 
 def _image_folder_splits(config: Config) -> tuple[dict, dict]:
     data = config.data
-    folder = data.folder()
-    files, classes = image_folder.list_images(folder, data.labels, data.label_pattern)
+    folder, labels = sources.image_folder_source(data, Path(config.paths.raw_dir))
+    files, classes = image_folder.list_images(folder, labels, data.label_pattern)
     by_split = {"train": [], "test": []}
     for file in files:
         by_split["test" if image_folder.in_test_split(file.relative, data.test_fraction) else "train"].append(file)

@@ -103,7 +103,8 @@ def build_gan(config: Config, manifest: dict) -> GAN:
 
     with distribution(config.train.strategy).scope():
         generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
-        gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise)
+        gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise,
+                  ema_decay=config.train.ema_decay)
         gan.compile(
             d_optimizer=optimizer("discriminator"),
             g_optimizer=optimizer("generator"),
@@ -261,14 +262,14 @@ def train(config: Config) -> dict:
         summary = {f"best_{k}": v for k, v in (state.best or {}).items()}
         if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
             summary["overhead"] = round(throughput.overhead, 6)
-        save_model(gan.generator, out.generator)
+        save_model(gan.sampler, out.generator)
         save_model(gan.discriminator, out.discriminator)
         if state.best is None:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
-            save_model(gan.generator, out.best_generator)
+            save_model(gan.sampler, out.best_generator)
         final = {**last, **summary}
         write_json(out.metrics, final)
         mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
-        tracking.log_generator(gan.generator, config.model.latent_dim, final["epoch"])
+        tracking.log_generator(gan.sampler, config.model.latent_dim, final["epoch"])
     return final
 
 
