@@ -15,7 +15,7 @@ def test_default_config_composes_and_validates():
     config = compose_config()
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
     assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 2e-4
-    assert config.train.batch_size == 256
+    assert config.train.batch_size == 64 and config.train.ema_decay == 0.999
 
 
 def test_rmsprop_group():

@@ -77,8 +77,9 @@ def test_sampler_is_an_exponential_moving_average_of_the_generator(tiny_prepared
 
 
 def test_without_averaging_the_sampler_follows_the_generator(tiny_prepared):
-    gan, batch = _gan_and_batch(tiny_prepared)
-    assert tiny_prepared.train.ema_decay == 0.0
+    config = copy.deepcopy(tiny_prepared)
+    config.train.ema_decay = 0.0
+    gan, batch = _gan_and_batch(tiny_prepared, config)
     gan.train_step(batch)
     assert all(np.array_equal(a.numpy(), v.numpy()) for a, v in zip(gan.sampler.variables, gan.generator.variables))
     noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
