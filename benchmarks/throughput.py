@@ -34,6 +34,7 @@ from dcgan import models
 from dcgan.config import Config, validate
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.devices import resolve_precision
+from dcgan.errors import TrainingDiverged
 from dcgan.stages.prepare import prepared_dataset
 from dcgan.stages.train import build_gan, train
 
@@ -205,9 +206,16 @@ def main() -> None:
         print(f"(a) tutorial loop, fp32      {spread(reference)}", flush=True)
         results = {}
         for precision in ("fp32", "auto"):
-            rates, overhead = product_path(config, workdir, steps, args.rounds, precision)
+            try:
+                rates, overhead = product_path(config, workdir, steps, args.rounds, precision)
+            except TrainingDiverged as exc:  # a figure for a run that diverged would mean nothing
+                keras.backend.clear_session()
+                print(f"(b) product path, {precision:<10} diverged: {exc}", flush=True)
+                break
             results[precision] = (rates, overhead)
             print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {statistics.median(rates) / statistics.median(reference):.2f}", flush=True)
+        if "auto" not in results:
+            continue
         rates, overhead = results["auto"]
         achieved = statistics.median(rates) * flops / 1e9
         resolved = "bfloat16" if resolve_precision("auto") == "mixed_bfloat16" else "float32"
