@@ -2,20 +2,27 @@
 
     python benchmarks/quality.py floor                 # real vs real, noise, one class
     python benchmarks/quality.py tutorial --epochs 9   # the TF tutorial loop as published
+    python benchmarks/quality.py precision --epochs 3  # the default run in fp32 and bfloat16
 
 ``floor``: the last 10,000 training images vs the 10,000 test images (what a perfect
 generator would score), uniform noise, and only the training images of one class (a
 mode-collapsed "generator"). ``tutorial``: trains the TensorFlow DCGAN tutorial's loop as
 published (its networks, Adam(1e-4), fp32, ``from_tensor_slices(...).shuffle().batch()``)
 for the given number of epochs (9 epochs took ~26 min alone here, the default run's budget), printing
-FID on 2,000 samples after every epoch and all metrics on 10,000 at the end. Both use the
-cached domain classifier in ``models/classifier/mnist`` (trained first if missing).
+FID on 2,000 samples after every epoch and all metrics on 10,000 at the end. ``precision``:
+the product's default training for the given number of epochs, once in fp32 and once
+with ``train.precision=auto``, same seed and data order, printing both runs' losses, D
+outputs and FID (2,000 samples) after every epoch side by side: the fast path must train
+the same model. All use the cached domain classifier in ``models/classifier/mnist``
+(trained first if missing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +33,8 @@ from dcgan import quality, viz
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import to_uint8
 from dcgan.stages.prepare import prepared_dataset
-from throughput import REPO, configure, tutorial_step
+from dcgan.stages.train import train
+from throughput import REPO, configure, history, tutorial_step
 
 COUNT = 10000
 
@@ -37,11 +45,15 @@ def show(name: str, scores: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["floor", "tutorial"])
+    parser.add_argument("what", choices=["floor", "tutorial", "precision"])
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--grid", type=Path, help="save an 8x8 grid of the tutorial loop's samples here")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.limit=2048")
     args = parser.parse_args()
-    config = configure(REPO, [])
+    if args.what == "precision":
+        compare_precisions(args.epochs, args.overrides)
+        return
+    config = configure(REPO, args.overrides)
     prepared, manifest = prepared_dataset(config)
     space = quality.feature_space(config, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")
@@ -68,6 +80,23 @@ def main() -> None:
     show(f"tutorial loop, {args.epochs} epochs", scorer.score(samples))
     if args.grid:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
+
+
+def compare_precisions(epochs: int, overrides: list[str]) -> None:
+    """The default training in fp32 and with precision=auto, per-epoch figures side by side."""
+    columns = ("d_loss", "g_loss", "d_real", "d_fake", "fid", "recall")
+    histories = {}
+    workdir = Path(tempfile.mkdtemp(prefix="dcgan-precision-"))
+    for precision in ("fp32", "auto"):
+        config = configure(workdir, [f"train.epochs={epochs}", f"train.precision={precision}", "train.resume=never", *overrides])
+        config.paths.models_dir, config.paths.reports_dir = str(workdir / f"models-{precision}"), str(workdir / f"reports-{precision}")
+        train(config)
+        histories[precision] = history(Path(config.paths.reports_dir) / "train_history.csv")
+    print(f"\n{'epoch':>5}  " + "  ".join(f"{c + ' ' + p:>14}" for c in columns for p in ("fp32", "auto")))
+    for fp32, auto in zip(histories["fp32"], histories["auto"]):
+        print(f"{int(fp32['epoch']):>5}  " + "  ".join(f"{row.get(c, float('nan')):>14.4f}" for c in columns for row in (fp32, auto)))
+    speed = {p: statistics.median(row["images_per_sec"] for row in rows) for p, rows in histories.items()}
+    print(f"median images/s: fp32 {speed['fp32']:.1f}, auto {speed['auto']:.1f} ({speed['auto'] / speed['fp32']:.2f}x)")
 
 
 if __name__ == "__main__":

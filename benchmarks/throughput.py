@@ -35,6 +35,7 @@ from dcgan.config import Config, validate
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.devices import resolve_precision
 from dcgan.errors import TrainingDiverged
+from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.stages.prepare import prepared_dataset
 from dcgan.stages.train import build_gan, train
 
@@ -91,11 +92,14 @@ def training_flops(generator: keras.Model, discriminator: keras.Model) -> int:
     return 3 * forward_flops(generator) + 8 * forward_flops(discriminator)
 
 
-def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int):
+def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int, fused_batch_norm: bool = False):
     """The TensorFlow DCGAN tutorial's networks (as built for ``config.model``), optimizers
-    and ``@tf.function`` train step, as published: fp32, Adam(1e-4) for both networks."""
+    and ``@tf.function`` train step, as published: fp32, Adam(1e-4) for both networks, and
+    Keras' own ``BatchNormalization`` unless ``fused_batch_norm`` (the product's layer)."""
     keras.mixed_precision.set_dtype_policy("float32")
     generator, discriminator = models.build(config.model, image_shape, [-1.0, 1.0])
+    if not fused_batch_norm:
+        generator, discriminator = standard_copy(generator), standard_copy(discriminator)
     cross_entropy = keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits")
     generator_optimizer, discriminator_optimizer = keras.optimizers.Adam(1e-4), keras.optimizers.Adam(1e-4)
     noise_dim = config.model.latent_dim
@@ -117,9 +121,9 @@ def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int)
     return generator, train_step
 
 
-def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int) -> list[float]:
+def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int, fused_batch_norm: bool = False) -> list[float]:
     """Images/s of the tutorial's training loop over its own input pipeline, per round."""
-    generator, train_step = tutorial_step(config, images.shape[1:], batch)
+    generator, train_step = tutorial_step(config, images.shape[1:], batch, fused_batch_norm)
     dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images)).batch(batch, drop_remainder=True).repeat()
     batches = iter(dataset)
     rates = []
@@ -140,12 +144,13 @@ def product_path(config: Config, workdir: Path, steps: int, rounds: int, precisi
     config.train.iterations, config.train.interval, config.train.precision = (rounds + 1) * steps, steps, precision
     config.train.resume = "never"
     final = train(config)
-    history = [row for row in _history(Path(config.paths.reports_dir) / "train_history.csv")][1:]
+    timed = history(Path(config.paths.reports_dir) / "train_history.csv")[1:]
     keras.backend.clear_session()
-    return [row["images_per_sec"] for row in history], final["overhead"]
+    return [row["images_per_sec"] for row in timed], final["overhead"]
 
 
-def _history(path: Path) -> list[dict]:
+def history(path: Path) -> list[dict]:
+    """The rows of a run's ``train_history.csv`` (empty cells left out)."""
     header, *rows = path.read_text().splitlines()
     keys = header.split(",")
     return [{k: float(v) for k, v in zip(keys, row.split(",")) if v} for row in rows]
@@ -154,7 +159,7 @@ def _history(path: Path) -> list[dict]:
 def compute_only(config: Config, manifest: dict, images: np.ndarray, batch: int, steps: int, precision: str) -> float:
     """Images/s of the product's step on one batch held in memory: no input pipeline at all."""
     config.train.precision = precision
-    gan = build_gan(config, manifest)
+    gan = build_gan(config, manifest, total_steps=2 * steps)
     constant = tf.data.Dataset.from_tensors(tf.constant(images[:batch])).repeat()
     gan.fit(constant, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)  # warm-up
     started = time.perf_counter()
@@ -199,11 +204,16 @@ def main() -> None:
         images, _ = load_images(prepared, manifest, "train", 60000)
         generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
         flops = training_flops(generator, discriminator)
-        keras.backend.clear_session()
         print(f"\n== {title}, batch {batch}: {flops / 1e9:.3f} GFLOP per training image (forward + backward)", flush=True)
 
         reference = tutorial_loop(config, images, batch, steps, args.rounds)
         print(f"(a) tutorial loop, fp32      {spread(reference)}", flush=True)
+        if any(isinstance(layer, FusedBatchNormalization) for layer in generator.layers + discriminator.layers):
+            # Not the reference: how much of (b)'s lead is the fused batch-norm kernel alone.
+            fused = tutorial_loop(config, images, batch, steps, args.rounds, fused_batch_norm=True)
+            print(f"    same loop with the product's fused batch norm {spread(fused)}  ratio to (a) "
+                  f"{statistics.median(fused) / statistics.median(reference):.2f}", flush=True)
+        keras.backend.clear_session()
         results = {}
         for precision in ("fp32", "auto"):
             try:

@@ -23,6 +23,26 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     assert re.search(r"matmul peak: float32 \d+ GFLOP/s, bfloat16 \d+ GFLOP/s", out)
     assert "0.476 GFLOP per training image" in out  # the tutorial model: 3 G + 8 D forward passes
     assert re.search(r"\(a\) tutorial loop, fp32 +[\d.]+ img/s", out)
+    assert re.search(r"same loop with the product's fused batch norm +[\d.]+ img/s .* ratio to \(a\) [\d.]+", out)
     assert re.search(r"\(b\) product path, fp32 +[\d.]+ img/s .* ratio b/a [\d.]+", out)
     assert "of a step waiting for input" in out and "per-epoch overhead" in out
     assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d", out.strip().splitlines()[-1])
+
+
+def test_precision_comparison_trains_both_and_prints_them_side_by_side(tmp_path):
+    overrides = [f"paths.prepared_dir={tmp_path}/prepared", f"paths.classifier_dir={tmp_path}/classifier",
+                 "data.limit=1024", "metrics.classifier.epochs=1", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/quality.py"), "precision", "--epochs", "2", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["epoch", "d_loss", "fp32"])
+    rows = [[float(v) for v in line.split()] for line in lines[header + 1 : header + 3]]
+    assert [row[0] for row in rows] == [1, 2]
+    for row in rows:
+        d_loss_fp32, d_loss_auto = row[1], row[2]
+        # Same seed and data order: bfloat16 rounds differently but trains the same model.
+        assert abs(d_loss_fp32 - d_loss_auto) < 0.25
+    assert re.fullmatch(r"median images/s: fp32 [\d.]+, auto [\d.]+ \([\d.]+x\)", lines[-1])

@@ -15,7 +15,7 @@ def test_default_config_composes_and_validates():
     config = compose_config()
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
     assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 2e-4
-    assert config.train.batch_size == 64 and config.train.ema_decay == 0.999
+    assert config.train.batch_size == 32 and config.train.ema_decay == 0.999 and config.train.lr_decay == 0.5
 
 
 def test_rmsprop_group():
@@ -48,6 +48,7 @@ def test_params_yaml_is_the_composed_conf():
         ("train.batch_size=0", "config key train.batch_size: must be at least 1, got 0"),
         ("train.batch_size=big", "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
         ("train.resume=maybe", "config key train.resume: must be auto, always or never"),
+        ("train.lr_decay=1.5", "config key train.lr_decay: must be in [0, 1], got 1.5"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),

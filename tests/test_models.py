@@ -45,7 +45,7 @@ def _gan_and_batch(tiny_prepared, config=None):
     folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
     manifest = load_manifest(folder)
     batch = next(iter(training_dataset(folder, manifest, 32, 0, 512, 0)))
-    return build_gan(config or tiny_prepared, manifest), batch
+    return build_gan(config or tiny_prepared, manifest, total_steps=100), batch
 
 
 def test_one_train_step_updates_both_networks(tiny_prepared):
@@ -145,7 +145,7 @@ def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
     checkpoints = CheckpointDir(tmp_path, keep=1)
     checkpoints.save(gan.state_variables(), RunState(identity={}, epoch=1))
     manifest = load_manifest(Path(tiny_prepared.paths.prepared_dir) / "mnist")
-    other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), manifest)
+    other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), manifest, total_steps=100)
     with pytest.raises(UserError, match=r"variable .* has shape \(100, 12544\) in the checkpoint but \(64, 12544\)"):
         checkpoints.restore(other.state_variables(), checkpoints.load_state())
 
@@ -217,6 +217,18 @@ def test_rmsprop_decay_matches_keras2():
     assert optimizer.clipvalue == 1.0
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     assert float(schedule(100)) == pytest.approx(1e-4 / (1 + 0.01 * 100))
+
+
+def test_lr_decay_holds_then_falls_linearly_to_zero():
+    config = compose_config(["train.lr_decay=0.5"])
+    optimizer = make_optimizer(config.optimizer, "generator", config.train.lr_decay, total_steps=1000)
+    schedule = optimizer._learning_rate
+    lr = config.optimizer.generator.learning_rate
+    assert [float(schedule(step)) for step in (0, 500, 750, 1000, 1200)] == pytest.approx([lr, lr, lr / 2, 0.0, 0.0])
+    # On top of RMSprop's Keras-2 decay: the product of both.
+    rmsprop = compose_config(["optimizer=rmsprop", "optimizer.generator.decay=0.01"]).optimizer
+    schedule = make_optimizer(rmsprop, "generator", 0.5, total_steps=1000)._learning_rate
+    assert float(schedule(750)) == pytest.approx(1e-4 / (1 + 0.01 * 750) / 2)
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])

@@ -76,15 +76,37 @@ def outputs_of(config: Config) -> TrainOutputs:
     return TrainOutputs(Path(config.paths.models_dir), Path(config.paths.reports_dir))
 
 
-def make_optimizer(optimizer: OptimizerConfig, network: str) -> keras.optimizers.Optimizer:
+class LinearDecayTail(keras.optimizers.schedules.LearningRateSchedule):
+    """``learning_rate`` (a number or a schedule) times a factor that is 1 until the last
+    ``share`` of ``total_steps`` and then falls linearly to 0 at the end (the schedule of
+    pix2pix and CycleGAN): late small steps settle the generator instead of orbiting."""
+
+    def __init__(self, learning_rate, total_steps: int, share: float):
+        self.learning_rate = learning_rate
+        self.total_steps = total_steps
+        self.share = share
+
+    def __call__(self, step):
+        base = self.learning_rate(step) if callable(self.learning_rate) else self.learning_rate
+        remaining = (self.total_steps - tf.cast(step, "float32")) / (self.share * self.total_steps)
+        return base * tf.clip_by_value(remaining, 0.0, 1.0)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps, "share": self.share}
+
+
+def make_optimizer(optimizer: OptimizerConfig, network: str, lr_decay: float = 0.0, total_steps: int = 0) -> keras.optimizers.Optimizer:
+    """The configured optimizer of ``network``; with ``lr_decay`` its learning rate decays
+    over the last ``lr_decay`` share of ``total_steps``."""
     settings = dict(vars(getattr(optimizer, network)))
-    if optimizer.name == "adam":
-        return keras.optimizers.Adam(**settings, name=f"{network}_adam")
-    decay = settings.pop("decay")
+    decay = settings.pop("decay", 0.0)
     if decay:
         # Keras 2's `decay` argument, as the Keras 3 schedule computing the same lr / (1 + decay * step).
         settings["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(settings["learning_rate"], decay_steps=1, decay_rate=decay)
-    return keras.optimizers.RMSprop(**settings, name=f"{network}_rmsprop")
+    if lr_decay:
+        settings["learning_rate"] = LinearDecayTail(settings["learning_rate"], total_steps, lr_decay)
+    kind = keras.optimizers.Adam if optimizer.name == "adam" else keras.optimizers.RMSprop
+    return kind(**settings, name=f"{network}_{optimizer.name}")
 
 
 def seed_everything(config: Config) -> None:
@@ -93,12 +115,13 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_gan(config: Config, manifest: dict) -> GAN:
-    """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32)."""
+def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
+    """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32),
+    its optimizers scheduled for a run of ``total_steps`` steps."""
     precision = set_precision(config.train.precision)
 
     def optimizer(network: str) -> keras.optimizers.Optimizer:
-        inner = make_optimizer(config.optimizer, network)
+        inner = make_optimizer(config.optimizer, network, config.train.lr_decay, total_steps)
         return keras.optimizers.LossScaleOptimizer(inner) if precision == "mixed_float16" else inner
 
     with distribution(config.train.strategy).scope():
@@ -218,8 +241,11 @@ def train(config: Config) -> dict:
     scorer = _progress_scorer(config, prepared, manifest)  # may train the classifier: before seeding
 
     seed_everything(config)
-    gan = build_gan(config, manifest)
+    total_steps = schedule.epochs * schedule.steps_per_epoch
+    gan = build_gan(config, manifest, total_steps)
     identity = {**run_identity(config), "data.manifest_sha256": manifest_sha256(prepared)}
+    if config.train.lr_decay:  # the learning rates depend on the run's length: a longer run is another run
+        identity["train.total_steps"] = total_steps
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
     state = _resume_state(checkpoints, identity, config, schedule)
     if state is not None:
