@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--grid", type=Path, help="save an 8x8 grid of the tutorial loop's samples here")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.limit=2048")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow --epochs
     if args.what == "precision":
         compare_precisions(args.epochs, args.overrides)
         return

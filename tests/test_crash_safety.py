@@ -133,6 +133,14 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
     assert mlflow_client(tmp_path).get_run(run_id).info.status == "FAILED"
 
 
+def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
+    """Its learning rates depend on the run's length: resuming into a longer one would differ."""
+    run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", cwd=tmp_path)
+    longer = run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", "train.epochs=2", cwd=tmp_path)
+    assert "differs in: train.total_steps); starting over" in longer.stdout + longer.stderr
+    assert _state(tmp_path)["epoch"] == 2
+
+
 def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
     run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)
     manifest = tmp_path / "data/prepared/mnist/manifest.json"
