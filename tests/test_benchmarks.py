@@ -11,15 +11,18 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_throughput_benchmark_prints_its_figures(tmp_path):
+def run_benchmark(tmp_path, script: str, *args: str) -> str:
+    """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout."""
     overrides = [f"paths.prepared_dir={tmp_path}/prepared", f"paths.classifier_dir={tmp_path}/classifier",
                  "data.limit=1024", "metrics.classifier.epochs=1", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/throughput.py"), "--steps", "2", "--rounds", "2", "--skip-rgb", *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *overrides],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_throughput_benchmark_prints_its_figures(tmp_path):
+    out = run_benchmark(tmp_path, "throughput.py", "--steps", "2", "--rounds", "2", "--skip-rgb")
     assert re.search(r"matmul peak: float32 \d+ GFLOP/s, bfloat16 \d+ GFLOP/s", out)
     assert "0.476 GFLOP per training image" in out  # the tutorial model: 3 G + 8 D forward passes
     assert re.search(r"\(a\) tutorial loop, fp32 +[\d.]+ img/s", out)
@@ -30,14 +33,7 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
 
 
 def test_precision_comparison_trains_both_and_prints_them_side_by_side(tmp_path):
-    overrides = [f"paths.prepared_dir={tmp_path}/prepared", f"paths.classifier_dir={tmp_path}/classifier",
-                 "data.limit=1024", "metrics.classifier.epochs=1", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/quality.py"), "precision", "--epochs", "2", *overrides],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    lines = run_benchmark(tmp_path, "quality.py", "precision", "--epochs", "2").strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["epoch", "d_loss", "fp32"])
     rows = [[float(v) for v in line.split()] for line in lines[header + 1 : header + 3]]
     assert [row[0] for row in rows] == [1, 2]

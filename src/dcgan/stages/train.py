@@ -104,6 +104,8 @@ def make_optimizer(optimizer: OptimizerConfig, network: str, lr_decay: float = 0
         # Keras 2's `decay` argument, as the Keras 3 schedule computing the same lr / (1 + decay * step).
         settings["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(settings["learning_rate"], decay_steps=1, decay_rate=decay)
     if lr_decay:
+        if total_steps < 1:
+            raise ValueError("train.lr_decay needs the run's total_steps")
         settings["learning_rate"] = LinearDecayTail(settings["learning_rate"], total_steps, lr_decay)
     kind = keras.optimizers.Adam if optimizer.name == "adam" else keras.optimizers.RMSprop
     return kind(**settings, name=f"{network}_{optimizer.name}")
