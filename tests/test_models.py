@@ -219,6 +219,22 @@ def test_rmsprop_decay_matches_keras2():
     assert float(schedule(100)) == pytest.approx(1e-4 / (1 + 0.01 * 100))
 
 
+def test_label_smoothing_is_one_sided_and_label_noise_moves_both_targets_inward():
+    from dcgan.gan import GAN
+
+    generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
+    like = tf.zeros((4096, 1))
+    smoothed = GAN(generator, discriminator, 100, seed=0, label_smoothing=0.1)
+    assert np.all(smoothed._targets(True, like).numpy() == np.float32(0.9))
+    assert np.all(smoothed._targets(False, like).numpy() == 0.0)  # fakes keep 0
+    noisy = GAN(generator, discriminator, 100, seed=0, label_smoothing=0.1, label_noise=0.05)
+    real, fake = noisy._targets(True, like).numpy(), noisy._targets(False, like).numpy()
+    assert 0.85 <= real.min() < 0.86 and 0.89 < real.max() <= 0.9
+    assert 0.0 <= fake.min() < 0.01 and 0.04 < fake.max() <= 0.05
+    with pytest.raises(UserError, match="train.label_smoothing"):
+        compose_config(["train.label_smoothing=0.5"])
+
+
 def test_lr_decay_holds_then_falls_linearly_to_zero():
     config = compose_config(["train.lr_decay=0.5"])
     optimizer = make_optimizer(config.optimizer, "generator", config.train.lr_decay, total_steps=1000)

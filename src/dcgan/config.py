@@ -146,6 +146,7 @@ class TrainConfig:
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
+    label_smoothing: float = 0.0  # D's target for real images is 1 - label_smoothing (one-sided)
     ema_decay: float = 0.0  # > 0: sample from an exponential moving average of G's weights
     lr_decay: float = 0.0  # > 0: both learning rates fall linearly to 0 over this last share of the steps
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
@@ -166,6 +167,7 @@ class TrainConfig:
         _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
         _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
+        _require(0.0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")

@@ -21,7 +21,10 @@ class GAN(keras.Model):
     Logged per epoch: ``d_loss``, ``g_loss`` and the discriminator's mean probability on
     real images (``d_real``, D(x)) and on generated ones (``d_fake``, D(G(z))). The
     discriminator ends in logits or in a sigmoid, as ``loss_fn.from_logits`` says.
-    With ``label_noise`` > 0 its targets are softened at random (real 1 - u, fake u).
+    D's target for real images is ``1 - label_smoothing`` (one-sided label smoothing,
+    Salimans et al. 2016, "Improved Techniques for Training GANs"; generated images keep
+    0, which keeps D from rewarding G's mistakes). With ``label_noise`` > 0 both targets
+    move further inward at random (real minus u, fake plus u, u ~ U(0, label_noise)).
 
     Samples, quality scores and the saved generator come from ``sampler``: a copy of the
     generator in plain Keras layers, updated after every step. With ``ema_decay`` > 0 it
@@ -31,7 +34,7 @@ class GAN(keras.Model):
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, label_noise: float = 0.0,
-                 ema_decay: float = 0.0, **kwargs):
+                 label_smoothing: float = 0.0, ema_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -40,6 +43,7 @@ class GAN(keras.Model):
         self.sampler = standard_copy(generator)
         self.latent_dim = latent_dim
         self.label_noise = label_noise
+        self.label_smoothing = label_smoothing
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
         self.built = True  # both networks are; Keras must not build this model by calling it on images
@@ -51,11 +55,12 @@ class GAN(keras.Model):
         self.loss_fn = loss_fn
         self.probability = tf.sigmoid if loss_fn.from_logits else tf.identity
 
-    def _noisy(self, target: float, like: tf.Tensor) -> tf.Tensor:
+    def _targets(self, real: bool, like: tf.Tensor) -> tf.Tensor:
+        targets = tf.fill(tf.shape(like), 1.0 - self.label_smoothing if real else 0.0)
         if not self.label_noise:
-            return tf.fill(tf.shape(like), target)
+            return targets
         jitter = self.label_noise * keras.random.uniform(tf.shape(like), seed=self.seed_generator)
-        return target + jitter if target == 0.0 else target - jitter
+        return targets - jitter if real else targets + jitter
 
     @property
     def metrics(self):
@@ -81,7 +86,7 @@ class GAN(keras.Model):
                 real_out = self.discriminator(real_images, training=True)
                 fake_out = self.discriminator(fake_images, training=True)
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
-            d_loss = self.loss_fn(self._noisy(1.0, real_out), real_out) + self.loss_fn(self._noisy(0.0, fake_out), fake_out)
+            d_loss = self.loss_fn(self._targets(True, real_out), real_out) + self.loss_fn(self._targets(False, fake_out), fake_out)
             # The identity except under a LossScaleOptimizer (mixed_float16), which unscales.
             scaled_g_loss, scaled_d_loss = self.g_optimizer.scale_loss(g_loss), self.d_optimizer.scale_loss(d_loss)
         g_grads = g_tape.gradient(scaled_g_loss, self.generator.trainable_weights)
