@@ -24,6 +24,8 @@ def test_tutorial_architecture_matches_published_counts():
     generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
     assert generator.count_params() == 2_330_944
     assert discriminator.count_params() == 212_865
+    # One more block: + a 5x5 128->256 convolution (819,456), and the Dense sees 4x4x256.
+    assert models.build(ModelConfig(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
     noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
     images = np.asarray(generator(noise, training=False))
     assert images.shape == (3, 28, 28, 1)

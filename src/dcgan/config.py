@@ -83,7 +83,8 @@ class ModelConfig:
     leaky_slope: float = 0.3  # Keras' LeakyReLU default, as in the TF tutorial
     dropout: float = 0.3
     d_output: str = "logits"  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
-    filters: int = 64  # base width (dcgan, dcgan_fashion, dcgan_rgb128)
+    filters: int = 64  # base width (dcgan, dcgan_fashion, dcgan_rgb128; dcgan_mnist: D's first convolution)
+    d_blocks: int = 2  # dcgan_mnist: strided convolutions in D (2 as in the TF tutorial)
     max_filters: int = 512  # dcgan: width cap
     g_activation: str = "relu"  # dcgan: relu (Radford et al.) or leaky_relu
 
@@ -93,6 +94,7 @@ class ModelConfig:
         _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
         _require(self.d_output in ("logits", "sigmoid"), "model.d_output", f"must be logits or sigmoid, got {self.d_output!r}")
         _require(self.filters >= 1 and self.max_filters >= self.filters, "model.filters", "must be >= 1 and <= model.max_filters")
+        _require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
         _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
 
     def d_activation(self) -> Optional[str]:
