@@ -53,7 +53,7 @@ def main() -> None:
     if args.what == "precision":
         compare_precisions(args.epochs, args.overrides)
         return
-    config = configure(REPO, args.overrides)
+    config = configure(REPO, ["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
     prepared, manifest = prepared_dataset(config)
     space = quality.feature_space(config, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")

@@ -194,7 +194,7 @@ def main() -> None:
     peak = {"float32": matmul_peak(tf.float32), "bfloat16": matmul_peak(tf.bfloat16)}
     print(f"matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
 
-    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["metrics.every=1"], 256, args.steps)]
+    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist", "metrics.every=1"], 256, args.steps)]
     if not args.skip_rgb:
         setups.append(("128px RGB model (+experiment=faces128_rmsprop)", ["+experiment=faces128_rmsprop", "metrics.every=0"], 16, args.steps * 4))
     summary = {}
