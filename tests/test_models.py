@@ -16,6 +16,7 @@ from dcgan.config import ModelConfig
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
+from dcgan.gan import GAN
 from dcgan.models.layers import FusedBatchNormalization
 from dcgan.stages.train import build_gan, make_optimizer
 
@@ -61,6 +62,22 @@ def test_one_train_step_updates_both_networks(tiny_prepared):
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_g, gan.generator.trainable_weights))
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_d, gan.discriminator.trainable_weights))
     assert int(gan.g_optimizer.iterations.numpy()) == 1 and int(gan.d_optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("model, d_batches", [("dcgan_mnist", [32, 32]), ("dcgan", [32, 32]), ("dcgan_fashion", [64])])
+def test_discriminator_sees_real_and_fake_jointly_only_where_the_model_says(tiny_prepared, model, d_batches):
+    config = compose_config([f"model={model}"])
+    generator, discriminator = models.build(config.model, (28, 28, 1) if model != "dcgan" else (32, 32, 1), [-1.0, 1.0])
+    seen = []
+    recording = keras.Sequential([keras.layers.Lambda(lambda images: (seen.append(images.shape[0]), images)[1]), discriminator])
+    gan = GAN(generator, recording, config.model.latent_dim, seed=0, joint_batch=config.model.d_joint_batch)
+    gan.compile(make_optimizer(config.optimizer, "discriminator"), make_optimizer(config.optimizer, "generator"),
+                keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"))
+    images = np.zeros((32, *generator.output_shape[1:]), np.float32)
+    recording(images[:1])
+    seen.clear()  # building the Lambda (a symbolic call) and the first call recorded too
+    gan.train_step(images)  # eager: one record per discriminator call
+    assert seen == d_batches
 
 
 def test_sampler_is_an_exponential_moving_average_of_the_generator(tiny_prepared):

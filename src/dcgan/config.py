@@ -87,6 +87,7 @@ class ModelConfig:
     d_blocks: int = 2  # dcgan_mnist: strided convolutions in D (2 as in the TF tutorial)
     max_filters: int = 512  # dcgan: width cap
     g_activation: str = "relu"  # dcgan: relu (Radford et al.) or leaky_relu
+    d_joint_batch: bool = False  # D scores real and generated images as one batch (see dcgan.gan.GAN)
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
