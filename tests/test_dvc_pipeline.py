@@ -78,7 +78,7 @@ def test_repro_runs_the_pipeline_then_nothing(project):
     workspace = next(iter(metrics.values()))["data"]  # the workspace entry
     evaluated = workspace["reports/metrics.json"]["data"]
     assert {"fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
-            "classifier_accuracy", "diversity_ratio"} <= set(evaluated)
+            "smallest_class_share", "classifier_accuracy", "diversity_ratio"} <= set(evaluated)
     assert evaluated["best"]["epoch"] == 1 and "fid" in evaluated["best"]
     assert "g_loss" in workspace["reports/train_metrics.json"]["data"]
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import MIRROR, TINY, archive_entry, compose_config, flower_archive, http_server
 from dcgan.data import idx, sources, tfrecords
 from dcgan.data.pipeline import load_images, training_dataset
+from dcgan.devices import set_global_seed
 from dcgan.errors import UserError
 from dcgan.stages.prepare import prepare
 
@@ -64,6 +65,10 @@ def test_training_batches_are_seeded_per_epoch(tiny_prepared):
     assert all(np.array_equal(a, b) for a, b in zip(first_batches(8)[:8], from_zero[8:]))
     assert all(np.array_equal(a, b) for a, b in zip(first_batches(3)[:13], from_zero[3:]))
     assert not np.array_equal(first_batches(0, seed=2)[0], from_zero[0])
+
+    # Global seed 0 (e.g. train.seed=0) must not break the tensor-seeded per-epoch shuffle.
+    set_global_seed(0)
+    assert first_batches(0, seed=0)[0].shape == (64, 28, 28, 1)
 
 
 def test_resize_to_32(tmp_path):

@@ -52,12 +52,14 @@ def test_floor_noise_and_collapse_read_as_what_they_are(scored):
     assert floor["fid"] < 0.05 * noise["fid"]
     assert floor["precision"] > 0.8 and floor["recall"] > 0.8 and floor["coverage"] > 0.8
     assert floor["modes_covered"] == 10 and floor["mode_kl"] < 0.05 and floor["classifier_score"] > 8
+    assert floor["smallest_class_share"] > 0.07  # MNIST's rarest digit (5) is ~9 % of the images
 
     # Noise: far away, nothing looks real.
     assert noise["precision"] < 0.15 and noise["density"] < 0.1 and noise["coverage"] < 0.05 and noise["recall"] < 0.05
 
     # One class only: realistic (precision stays high), but recall, coverage and modes collapse.
     assert collapsed["modes_covered"] == 1 and collapsed["mode_kl"] > 1.5 and collapsed["classifier_score"] < 1.5
+    assert collapsed["smallest_class_share"] < 0.01
     assert collapsed["precision"] > 0.7
     assert collapsed["recall"] < 0.5 * same_size_floor["recall"]
     assert collapsed["coverage"] < 0.5 * same_size_floor["coverage"]

@@ -204,14 +204,17 @@ def test_mode_coverage():
     assert collapsed["modes_covered"] == 1
     assert collapsed["mode_kl"] == pytest.approx(math.log(10))
     assert collapsed["class_shares"] == [0.0] * 3 + [1.0] + [0.0] * 6
+    assert collapsed["smallest_class_share"] == 0.0
 
     matching = mode_coverage(np.repeat(np.arange(10), 7), real, 10)
     assert matching["modes_covered"] == 10
     assert matching["mode_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert matching["smallest_class_share"] == pytest.approx(0.1)
 
     # A class the real set lacks: no new mode, and a finite but large divergence.
     missing = mode_coverage(np.r_[np.full(10, 9), np.repeat(np.arange(9), 5)], np.repeat(np.arange(9), 5), 10)
     assert missing["modes_covered"] == 9 and 4 < missing["mode_kl"] < math.inf
+    assert missing["smallest_class_share"] == pytest.approx(5 / 55)  # class 9 (10 of 55) is not in the real set
 
 
 def test_mode_coverage_rejects_out_of_range_class():
@@ -228,7 +231,7 @@ def test_quality_metrics_keys():
     got = quality_metrics(rng.normal(size=(60, 4)), rng.normal(size=(50, 4)), probs,
                           rng.integers(0, 3, size=60), 3, kid_subset_size=20, kid_subsets=3)
     assert set(got) == {"fid", "kid", "classifier_score", "precision", "recall", "density",
-                        "coverage", "modes_covered", "mode_kl", "class_shares"}
+                        "coverage", "modes_covered", "mode_kl", "class_shares", "smallest_class_share"}
     assert all(type(v) is float for key, v in got.items() if key not in ("modes_covered", "class_shares"))
     assert isinstance(got["modes_covered"], int)
     assert len(got["class_shares"]) == 3 and sum(got["class_shares"]) == pytest.approx(1.0)

@@ -1,4 +1,4 @@
-"""Hardware choices for training: numeric precision and the distribution strategy."""
+"""Process-wide settings for training: numeric precision, the distribution strategy, seeds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,20 @@ import tensorflow as tf
 from dcgan.errors import UserError
 
 log = logging.getLogger(__name__)
+
+MAX_TF_SEED = 2**31 - 1  # TensorFlow reduces seeds modulo this
+
+
+def set_global_seed(seed: int) -> None:
+    """Python's, NumPy's and TensorFlow's global seeds, as ``keras.utils.set_random_seed``.
+
+    A TensorFlow global seed of 0 becomes ``MAX_TF_SEED - 1``: with 0, a ``tf.data`` shuffle
+    seeded by a tensor (the training pipeline's per-epoch order) fails to build, because
+    TensorFlow compares the seed pair with (0, 0) in Python (tensorflow/tensorflow#17284).
+    """
+    keras.utils.set_random_seed(seed)
+    if seed % MAX_TF_SEED == 0:
+        tf.random.set_seed(MAX_TF_SEED - 1)
 
 def _cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX: the CPU multiplies bfloat16 natively (about 1.8x fp32 matmul here)."""

@@ -218,7 +218,8 @@ def mode_coverage(fake_classes: np.ndarray, real_classes: np.ndarray, num_classe
     ``modes_covered``: classes present among the real samples whose fake share is at least
     half their real share. ``mode_kl``: KL(p_fake || p_real) = sum_c p_fake(c) log(p_fake(c)
     / p_real(c)) over the class histograms, with a small epsilon so a class missing from the
-    real set stays finite. ``class_shares``: the fake share of each class.
+    real set stays finite. ``class_shares``: the fake share of each class;
+    ``smallest_class_share``: the smallest of them among the classes the real set has.
     """
     fake_shares = _class_shares(fake_classes, num_classes)
     real_shares = _class_shares(real_classes, num_classes)
@@ -228,6 +229,7 @@ def mode_coverage(fake_classes: np.ndarray, real_classes: np.ndarray, num_classe
         "modes_covered": int(np.count_nonzero(covered)),
         "mode_kl": float(kl),
         "class_shares": fake_shares.tolist(),
+        "smallest_class_share": float(fake_shares[real_shares > 0].min()),
     }
 
 
@@ -244,7 +246,7 @@ def quality_metrics(real_features: np.ndarray, fake_features: np.ndarray, fake_p
     """All the feature-space quality metrics above, for one set of generated samples.
 
     Keys: fid, kid, classifier_score, precision, recall, density, coverage, modes_covered,
-    mode_kl, class_shares. Fake classes are the argmax of ``fake_probs``.
+    mode_kl, class_shares, smallest_class_share. Fake classes are the argmax of ``fake_probs``.
 
     FID and KID use the features as they are. The k-NN metrics use them scaled to unit
     length: in raw ReLU activations the k-NN radii of a few large-norm real outliers

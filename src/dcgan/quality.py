@@ -19,7 +19,8 @@ from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.errors import UserError
 
-QUALITY_KEYS = ("fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl")
+QUALITY_KEYS = ("fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
+                "smallest_class_share")
 BATCH = 250
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from dcgan.config import Config, flatten, to_dict
 from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
+from dcgan.devices import set_global_seed
 from dcgan.files import check_writable, write_json
 from dcgan.models.classifier import build_classifier, with_features
 from dcgan.stages.prepare import prepared_dataset
@@ -49,7 +50,7 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
         write_json(folder / REPORT, report)
         return report
     log.info("training the domain classifier for %s (%d classes), cached in %s", config.data.name, report["num_classes"], folder)
-    keras.utils.set_random_seed(settings.seed)
+    set_global_seed(settings.seed)
     classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
     classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     classifier.fit(

@@ -20,7 +20,7 @@ from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleG
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, run_identity, to_dict
 from dcgan.data.pipeline import training_dataset
-from dcgan.devices import distribution, set_precision, split_cpu
+from dcgan.devices import distribution, set_global_seed, set_precision, split_cpu
 from dcgan.data.tfrecords import manifest_sha256
 from dcgan.errors import Interrupted, UserError
 from dcgan.files import check_writable, save_model, write_json
@@ -112,7 +112,7 @@ def make_optimizer(optimizer: OptimizerConfig, network: str, lr_decay: float = 0
 
 
 def seed_everything(config: Config) -> None:
-    keras.utils.set_random_seed(config.train.seed)
+    set_global_seed(config.train.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
 
