@@ -143,6 +143,7 @@ def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monke
     assert [p.name for p in extracted.parent.iterdir()] == ["flower_photos"]  # the archive and temp files are gone
     assert manifest["source_folder"] == str(extracted)
     assert manifest["classes"] == ["daisy", "roses"]  # from the archive's sub-folders, not the mirror's file-name prefixes
+    assert manifest["labels"] == "subfolder" and manifest["data_config"]["data.labels"] == "prefix"
     assert manifest["source_files"] == 12 and not manifest["skipped"]
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12
     # Server gone: the extracted folder is reused, nothing is downloaded again.

@@ -92,6 +92,7 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
     described = {
         "source_folder": str(folder),
         "source_files": len(files),
+        "labels": labels,  # how classes were read: the config's, or the downloaded archive's layout
         "classes": classes,
         "num_classes": len(classes),
         "resize": "center crop to square, bicubic",
