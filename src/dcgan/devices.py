@@ -26,6 +26,7 @@ def set_global_seed(seed: int) -> None:
     if seed % MAX_TF_SEED == 0:
         tf.random.set_seed(MAX_TF_SEED - 1)
 
+
 def _cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX: the CPU multiplies bfloat16 natively (about 1.8x fp32 matmul here)."""
     try:
