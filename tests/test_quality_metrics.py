@@ -87,13 +87,24 @@ def test_fid_self_is_zero_and_symmetric():
     assert frechet_distance(a, b) > 1.0
 
 
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
-def test_fid_near_singular_covariance_is_finite():
+@pytest.mark.filterwarnings("error::scipy.linalg.LinAlgWarning")
+def test_fid_near_singular_covariance_is_finite_and_quiet():
     rng = np.random.default_rng(0)
     constant_column = np.c_[rng.normal(size=(100, 3)), np.ones(100)]
     assert math.isfinite(frechet_distance(constant_column, constant_column + 0.1))
     fewer_rows_than_dims = rng.normal(size=(5, 12)), rng.normal(size=(6, 12))
     assert math.isfinite(frechet_distance(*fewer_rows_than_dims))
+    # Generated features with dead ReLU units: a singular product, still the exact value
+    # (trace of the root from the eigenvalues of S_r^1/2 S_f S_r^1/2, a symmetric matrix).
+    real = np.maximum(rng.normal(size=(2000, 32)) @ rng.normal(size=(32, 32)), 0)
+    fake = np.maximum(rng.normal(size=(2000, 32)) @ rng.normal(size=(32, 32)), 0)
+    fake[:, :10] = 0
+    (mu_r, s_r), (mu_f, s_f) = gaussian_stats(real), gaussian_stats(fake)
+    values, vectors = np.linalg.eigh(s_r)
+    root_r = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_r @ s_f @ root_r), 0, None)).sum()
+    exact = np.sum((mu_r - mu_f) ** 2) + np.trace(s_r) + np.trace(s_f) - 2 * trace_root
+    assert frechet_distance(real, fake) == pytest.approx(exact, rel=1e-6)
     # Rank-deficient covariances whose product has no finite sqrtm: needs the eps * I retry.
     real = np.array([[-1, -2, 1, -1, 2, -1, 1], [-2, 0, -2, 1, -2, 1, 1]], dtype=float)
     fake = np.array([[0, 1, 0, 2, 1, 2, -2], [-2, 1, 1, 1, 2, -1, 2], [0, -2, -1, 1, 1, 2, 2],
