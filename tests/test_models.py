@@ -18,7 +18,7 @@ from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
 from dcgan.gan import GAN
 from dcgan.models.layers import FusedBatchNormalization
-from dcgan.stages.train import build_gan, make_optimizer
+from dcgan.stages.train import build_gan, make_optimizer, train
 
 
 def test_tutorial_architecture_matches_published_counts():
@@ -35,8 +35,15 @@ def test_tutorial_architecture_matches_published_counts():
 
 
 def test_image_size_the_model_cannot_make():
-    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the prepared data is \(32, 32, 1\)"):
+    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the data is \(32, 32, 1\)"):
         models.build(ModelConfig(), (32, 32, 1), [-1.0, 1.0])
+
+
+def test_train_refuses_a_size_the_model_cannot_make_before_any_data_work(tmp_path):
+    config = compose_config(["model=dcgan", "data.image_size=48"], tmp_path)
+    with pytest.raises(UserError, match=r"model dcgan needs square images whose side is a power of two.*\(48, 48, 1\)"):
+        train(config)
+    assert not Path(config.paths.raw_dir).exists() and not Path(config.paths.prepared_dir).exists()
 
 
 def test_unknown_architecture():

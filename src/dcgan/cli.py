@@ -39,6 +39,7 @@ def launch(main: Callable[[], None]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         _fail(f"error: {_one_line(exc)}")
 
+
 def _apply_hydra_context(config: Config) -> None:
     """Name the MLflow run after the command-line overrides, and give each job of a ``-m``
     sweep its own output folders (its own checkpoints, so jobs never resume each other)."""

@@ -62,6 +62,10 @@ class DataConfig:
         _require(0.0 <= self.max_skipped_fraction <= 1.0, "data.max_skipped_fraction", "must be in [0, 1]")
         _require(self.source != "image_folder" or bool(self.path), "data.path", "an image_folder source needs a folder")
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, self.channels)
+
     def mirror_dir(self) -> Optional[Path]:
         mirror = self.mirror or os.environ.get(MIRROR_ENV)
         return Path(mirror).expanduser() if mirror else None

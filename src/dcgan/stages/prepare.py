@@ -111,7 +111,7 @@ def prepare(config: Config) -> dict:
         "dataset": data.name,
         "source": data.source,
         "limit": data.limit,
-        "image_shape": [data.image_size, data.image_size, data.channels],
+        "image_shape": list(data.image_shape),
         "storage_dtype": "uint8",
         "normalization": normalization(data.pixel_range),
         "data_config": data_identity(config),

@@ -236,6 +236,7 @@ def _progress_scorer(config: Config, prepared: Path, manifest: dict) -> Scorer |
 def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the final epoch's metrics."""
     split_cpu(config.train.cpu_devices)  # before TensorFlow starts
+    models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
     check_writable(out.models_dir, out.reports_dir)
