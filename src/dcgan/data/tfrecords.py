@@ -30,7 +30,9 @@ def _example(image: np.ndarray, label: int) -> bytes:
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # Deterministic: map entries in key order, so the same images give the same shard bytes
+    # (and manifest hashes) in every process; the default order follows the hash seed.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def _file_sha256(path: Path) -> str:
