@@ -31,7 +31,7 @@ def _example(image: np.ndarray, label: int) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     }
     # Deterministic: map entries in key order, so the same images give the same shard bytes
-    # (and manifest hashes) in every process; the default order follows the hash seed.
+    # (and manifest hashes) in every process; the default order varied from process to process.
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
