@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from dcgan.config import MIRROR_ENV, Config, validate
@@ -25,6 +26,8 @@ from dcgan.data.sources import ImageArchive
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
 TINY = ["+experiment=tiny"]
+# The default optimizer's rates as conf/ states them, so tests follow a retuned default.
+DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 
 
 def pytest_configure(config):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, run_stage
+from conftest import DEFAULT_ADAM, TINY, run_stage
 from dcgan.quality import QUALITY_KEYS
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     client = mlflow_client(tmp_path)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["optimizer.generator.learning_rate"] == "0.0004"
+    assert run.data.params["optimizer.generator.learning_rate"] == str(DEFAULT_ADAM["generator"]["learning_rate"])
     assert run.data.params["data.limit"] == "512" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["train.epochs"] == "2"  # the resumed run's target
     assert run.data.tags["overrides"] == "+experiment=tiny"

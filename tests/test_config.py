@@ -6,7 +6,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
+from conftest import DEFAULT_ADAM, REPO, compose_config
 from dcgan.config import flatten, run_identity, to_dict, validate
 from dcgan.errors import UserError
 
@@ -14,7 +14,7 @@ from dcgan.errors import UserError
 def test_default_config_composes_and_validates():
     config = compose_config()
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
-    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == 2e-4
+    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == DEFAULT_ADAM["generator"]["learning_rate"]
     assert config.train.batch_size == 32 and config.train.ema_decay == 0.999 and config.train.lr_decay == 0.5
 
 
@@ -72,7 +72,7 @@ def test_run_identity_ignores_what_does_not_change_the_run():
 
 def test_flatten_gives_every_leaf_a_dotted_key():
     flat = flatten(to_dict(compose_config()))
-    assert flat["optimizer.generator.learning_rate"] == 2e-4
+    assert flat["optimizer.generator.learning_rate"] == DEFAULT_ADAM["generator"]["learning_rate"]
     assert flat["data.urls"][0].startswith("https://")
     assert not any(isinstance(v, dict) for v in flat.values())
     assert len(flat) == len(flatten(OmegaConf.to_container(OmegaConf.create(to_dict(compose_config())))))
