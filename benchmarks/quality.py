@@ -1,12 +1,13 @@
-"""Reference points for the quality metrics on MNIST, in the product's feature space.
+"""Reference points for the quality metrics, in the product's feature space.
 
     python benchmarks/quality.py floor                 # real vs real, noise, one class
+    python benchmarks/quality.py floor data=flowers128 # the same for another dataset
     python benchmarks/quality.py tutorial --epochs 9   # the TF tutorial loop as published
     python benchmarks/quality.py precision --epochs 3  # the default run in fp32 and bfloat16
 
-``floor``: the last 10,000 training images vs the 10,000 test images (what a perfect
-generator would score), uniform noise, and only the training images of one class (a
-mode-collapsed "generator"). ``tutorial``: trains the TensorFlow DCGAN tutorial's loop as
+``floor``: 10,000 random training images vs the 10,000 test images (what a perfect
+generator would score; as many as the test split has, if fewer), uniform noise, and only
+the training images of one class, class 3 (a mode-collapsed "generator"). ``tutorial``: trains the TensorFlow DCGAN tutorial's loop as
 published (its networks, Adam(1e-4), fp32, ``from_tensor_slices(...).shuffle().batch()``)
 for the given number of epochs (9 epochs took ~26 min alone here, the default run's budget), printing
 FID on 2,000 samples after every epoch and all metrics on 10,000 at the end. ``precision``:
@@ -61,9 +62,14 @@ def main() -> None:
     train_images, train_labels = load_images(prepared, manifest, "train", 60000)
 
     if args.what == "floor":
-        show("real train vs real test", scorer.score(train_images[-COUNT:]))
-        show("uniform noise", scorer.score(np.random.default_rng(0).uniform(-1, 1, (COUNT, 28, 28, 1)).astype(np.float32)))
-        show("one class (digit 3)", scorer.score(train_images[train_labels == 3][:COUNT]))
+        count = scorer.count  # 10,000 on MNIST; a smaller test split is used whole
+        low, high = manifest["normalization"]["range"]
+        noise = np.random.default_rng(0).uniform(low, high, (count, *train_images.shape[1:])).astype(np.float32)
+        # A random subset: image folders are stored class by class, so the last N are one class.
+        subset = np.random.default_rng(1).choice(len(train_images), min(count, len(train_images)), replace=False)
+        show("real train vs real test", scorer.score(train_images[np.sort(subset)]))
+        show("uniform noise", scorer.score(noise))
+        show(f"one class ({manifest.get('classes', range(10))[3]})", scorer.score(train_images[train_labels == 3][:count]))
         return
 
     progress = quality.Scorer(space, config, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (tiny settings) and print what the README quotes."""
 
+import json
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.slow
 def run_benchmark(tmp_path, script: str, *args: str) -> str:
     """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout."""
     overrides = [f"paths.prepared_dir={tmp_path}/prepared", f"paths.classifier_dir={tmp_path}/classifier",
-                 "data.limit=1024", "metrics.classifier.epochs=1", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
+                 "data.limit=1024", "metrics.classifier.epochs=1", "metrics.classifier.min_steps=0", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *overrides],
                             cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,3 +43,12 @@ def test_precision_comparison_trains_both_and_prints_them_side_by_side(tmp_path)
         # Same seed and data order: bfloat16 rounds differently but trains the same model.
         assert abs(d_loss_fp32 - d_loss_auto) < 0.25
     assert re.fullmatch(r"median images/s: fp32 [\d.]+, auto [\d.]+ \([\d.]+x\)", lines[-1])
+
+
+def test_floor_scores_real_noise_and_one_class(tmp_path):
+    out = run_benchmark(tmp_path, "quality.py", "floor")
+    scores = dict(re.findall(r"^(\S.*?) +(\{.*\})$", out, re.MULTILINE))
+    assert list(scores) == ["real train vs real test", "uniform noise", "one class (3)"]
+    real, noise, one_class = (json.loads(text) for text in scores.values())
+    assert real["fid"] < 0.2 * noise["fid"] and real["precision"] > noise["precision"]
+    assert one_class["modes_covered"] < real["modes_covered"]

@@ -51,6 +51,8 @@ def test_params_yaml_is_the_composed_conf():
         ("train.lr_decay=1.5", "config key train.lr_decay: must be in [0, 1], got 1.5"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
+        ("metrics.classifier.max_size=4", "config key metrics.classifier.max_size: must be at least 8, got 4"),
+        ("metrics.classifier.min_steps=-1", "config key metrics.classifier.min_steps: must be at least 0, got -1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
         ("evaluate.grid_size=101", "config key evaluate.grid_size: a 101x101 grid needs more than evaluate.num_samples=10000"),
     ],

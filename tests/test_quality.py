@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from conftest import TINY, compose_config
 from dcgan import quality
+from dcgan.config import ClassifierConfig
 from dcgan.data.pipeline import load_images
 from dcgan.errors import UserError
 from dcgan.stages.prepare import prepare
-from dcgan.stages.classifier import classifier_for
+from dcgan.models.classifier import build_classifier
+from dcgan.stages.classifier import classifier_for, training_epochs
 
 COUNT = 2000
 
@@ -38,6 +41,17 @@ def test_classifier_is_accurate_and_cached(scored):
     assert scorer.space.accuracy > 0.97  # ~99.3% with the default 3 epochs
     again = classifier_for(config, prepared, manifest)  # from the cache: same accuracy, no retraining
     assert again[1] == scorer.space.accuracy
+
+
+def test_classifier_scales_large_images_down_and_trains_small_sets_longer():
+    settings = ClassifierConfig()
+    photos, same_at_64 = build_classifier((128, 128, 3), 5, settings), build_classifier((64, 64, 3), 5, settings)
+    assert isinstance(photos.layers[1], keras.layers.Resizing) and photos.layers[2].input.shape == (None, 64, 64, 3)
+    assert photos.count_params() == same_at_64.count_params()
+    assert not any(isinstance(layer, keras.layers.Resizing) for layer in same_at_64.layers)
+    assert training_epochs(settings, steps_per_epoch=469) == 3  # MNIST at batch 128: the configured epochs
+    assert training_epochs(settings, steps_per_epoch=23) == 27  # 2,934 flower photos: >= 600 steps
+    assert training_epochs(ClassifierConfig(min_steps=0), steps_per_epoch=23) == 3
 
 
 def test_floor_noise_and_collapse_read_as_what_they_are(scored):

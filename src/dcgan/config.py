@@ -211,10 +211,14 @@ class ClassifierConfig:
     width: int = 32  # filters of the first conv block (doubled per block)
     features: int = 128  # size of the penultimate layer, the feature space
     seed: int = 0
+    max_size: int = 64  # larger images are scaled down to this side inside the classifier
+    min_steps: int = 600  # at least this many training steps: small datasets get more epochs
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "width", "features"):
             _require(getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}")
+        _require(self.max_size >= 8, "metrics.classifier.max_size", f"must be at least 8, got {self.max_size}")
+        _require(self.min_steps >= 0, "metrics.classifier.min_steps", f"must be at least 0, got {self.min_steps}")
 
 
 @dataclass
