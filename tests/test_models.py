@@ -16,7 +16,7 @@ from dcgan.config import ModelConfig
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
-from dcgan.gan import GAN
+from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import FusedBatchNormalization
 from dcgan.stages.train import build_gan, make_optimizer, train
 
@@ -63,7 +63,8 @@ def test_one_train_step_updates_both_networks(tiny_prepared):
     before_g = [w.numpy().copy() for w in gan.generator.trainable_weights]
     before_d = [w.numpy().copy() for w in gan.discriminator.trainable_weights]
     logs = gan.train_step(batch)
-    assert set(logs) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    mixed = isinstance(gan.g_optimizer, SkipNonFiniteSteps)  # precision auto: bfloat16 on CPUs that have it
+    assert set(logs) == {"d_loss", "g_loss", "d_real", "d_fake", *(["skipped_steps"] if mixed else [])}
     assert all(np.isfinite(float(v)) for v in logs.values())
     assert 0.0 < float(logs["d_real"]) < 1.0 and 0.0 < float(logs["d_fake"]) < 1.0
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before_g, gan.generator.trainable_weights))
@@ -211,7 +212,7 @@ def test_every_architecture_builds_and_trains_a_step(name, shape):
     if model.d_output == "sigmoid":
         assert 0.0 <= scores.min() and scores.max() <= 1.0
 
-    from dcgan.gan import GAN
+    from dcgan.gan import GAN, SkipNonFiniteSteps
     from dcgan.stages.train import make_optimizer
 
     import keras
@@ -246,7 +247,7 @@ def test_rmsprop_decay_matches_keras2():
 
 
 def test_label_smoothing_is_one_sided_and_label_noise_moves_both_targets_inward():
-    from dcgan.gan import GAN
+    from dcgan.gan import GAN, SkipNonFiniteSteps
 
     generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
     like = tf.zeros((4096, 1))
@@ -283,7 +284,25 @@ def test_mixed_precision_steps_keep_float32_weights_and_outputs(tiny_prepared, p
     assert gan.generator.layers[1].compute_dtype == precision.removeprefix("mixed_")  # hidden layers: low precision
     assert all(w.dtype == "float32" for w in gan.generator.weights + gan.discriminator.weights)
     assert gan.generator.layers[-1].compute_dtype == "float32"  # outputs and losses stay float32
-    assert isinstance(gan.g_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    assert isinstance(gan.g_optimizer, SkipNonFiniteSteps) and gan.g_optimizer.scaling == (precision == "mixed_float16")
+    assert int(logs["skipped_steps"]) == 0
+
+
+@pytest.mark.parametrize("scaling", [False, True])
+def test_non_finite_gradients_skip_the_update_and_are_counted(scaling):
+    weight = keras.Variable(np.ones(3, "float32"))
+    optimizer = SkipNonFiniteSteps(keras.optimizers.Adam(0.1), scaling=scaling)
+    optimizer.build([weight])
+    scale = float(optimizer.dynamic_scale.numpy())
+    assert scale == (2.0**15 if scaling else 1.0)
+    optimizer.apply([tf.constant([1.0, np.nan, 1.0])], [weight])
+    optimizer.apply([tf.constant([np.inf, 1.0, 1.0])], [weight])
+    assert np.array_equal(weight.numpy(), np.ones(3)) and int(optimizer.iterations.numpy()) == 0
+    assert int(optimizer.skipped_steps.numpy()) == 2
+    # float16's loss scale halves per skip; bfloat16 needs none and keeps 1.
+    assert float(optimizer.dynamic_scale.numpy()) == (scale / 4 if scaling else 1.0)
+    optimizer.apply([tf.constant([1.0, 1.0, 1.0]) * optimizer.dynamic_scale], [weight])
+    assert weight.numpy() == pytest.approx(np.full(3, 0.9), abs=1e-5) and int(optimizer.iterations.numpy()) == 1  # Adam: lr * sign
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):

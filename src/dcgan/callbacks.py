@@ -27,7 +27,7 @@ from dcgan.files import atomic_write_text, save_model
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
 PROGRESS = "progress/"  # prefix of in-training quality metrics in ``logs`` and MLflow
-HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds", *QUALITY_KEYS)
+HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds", "skipped_steps", *QUALITY_KEYS)
 
 
 class Throughput(keras.callbacks.Callback):

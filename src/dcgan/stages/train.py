@@ -24,7 +24,7 @@ from dcgan.devices import distribution, set_global_seed, set_precision, split_cp
 from dcgan.data.tfrecords import manifest_sha256
 from dcgan.errors import Interrupted, UserError
 from dcgan.files import check_writable, save_model, write_json
-from dcgan.gan import GAN
+from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.quality import Scorer
 from dcgan.stages.prepare import prepared_dataset
 
@@ -124,7 +124,7 @@ def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
 
     def optimizer(network: str) -> keras.optimizers.Optimizer:
         inner = make_optimizer(config.optimizer, network, config.train.lr_decay, total_steps)
-        return keras.optimizers.LossScaleOptimizer(inner) if precision == "mixed_float16" else inner
+        return inner if precision == "fp32" else SkipNonFiniteSteps(inner, scaling=precision == "mixed_float16")
 
     with distribution(config.train.strategy).scope():
         generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
