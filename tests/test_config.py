@@ -16,6 +16,7 @@ def test_default_config_composes_and_validates():
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
     assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == DEFAULT_ADAM["generator"]["learning_rate"]
     assert config.train.batch_size == 32 and config.train.ema_decay == 0.999 and config.train.lr_decay == 0.5
+    assert config.model.leaky_slope == 0.1 and config.train.r1_gamma == 0.1 and config.train.r1_interval == 16
 
 
 def test_rmsprop_group():
@@ -49,6 +50,7 @@ def test_params_yaml_is_the_composed_conf():
         ("train.batch_size=big", "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
         ("train.resume=maybe", "config key train.resume: must be auto, always or never"),
         ("train.lr_decay=1.5", "config key train.lr_decay: must be in [0, 1], got 1.5"),
+        ("train.r1_interval=0", "config key train.r1_interval: must be at least 1, got 0"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
         ("metrics.classifier.max_size=4", "config key metrics.classifier.max_size: must be at least 8, got 4"),

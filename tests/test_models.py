@@ -113,6 +113,30 @@ def test_without_averaging_the_sampler_follows_the_generator(tiny_prepared):
     assert np.array_equal(np.asarray(gan.sampler(noise)), np.asarray(gan.generator(noise)))
 
 
+def test_r1_penalty_gradients_match_the_closed_form_of_a_linear_discriminator(tiny_prepared):
+    """D(x) = w.x + b: every real image's input gradient is w, so the penalty is
+    gamma / 2 * interval * |w|^2, whose gradient is gamma * interval * w (and 0 for b)."""
+    config = compose_config(["train.precision=fp32"])
+    generator, _ = models.build(config.model, (28, 28, 1), [-1.0, 1.0])
+    linear = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    gan = GAN(generator, linear, config.model.latent_dim, seed=0, r1_gamma=0.5, r1_interval=4)
+    gan.compile(make_optimizer(config.optimizer, "discriminator"), make_optimizer(config.optimizer, "generator"),
+                keras.losses.BinaryCrossentropy(from_logits=True))
+    images = tf.constant(np.random.default_rng(0).uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32))
+    kernel_grad, bias_grad = gan._r1_gradients(images)
+    np.testing.assert_allclose(np.asarray(kernel_grad), 0.5 * 4 * linear.layers[-1].kernel.numpy(), rtol=1e-5)
+    assert not np.any(np.asarray(bias_grad))
+
+
+def test_lazy_r1_trains_every_interval(tiny_prepared):
+    config = copy.deepcopy(tiny_prepared)
+    config.train.r1_gamma, config.train.r1_interval = 0.1, 2
+    gan, batch = _gan_and_batch(tiny_prepared, config)
+    for _ in range(2):  # with the penalty, then without
+        logs = gan.train_step(batch)
+    assert all(np.isfinite(float(v)) for v in logs.values()) and int(gan.d_optimizer.iterations.numpy()) == 2
+
+
 @pytest.mark.parametrize("shape", [(64, 12), (16, 5, 5, 8)])
 def test_fused_batch_normalization_matches_keras(shape):
     """Training outputs, moving statistics and gradients as Keras' own layer computes them."""

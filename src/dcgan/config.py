@@ -156,6 +156,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # D's target for real images is 1 - label_smoothing (one-sided)
     ema_decay: float = 0.0  # > 0: sample from an exponential moving average of G's weights
     lr_decay: float = 0.0  # > 0: both learning rates fall linearly to 0 over this last share of the steps
+    r1_gamma: float = 0.0  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
+    r1_interval: int = 16  # applied every this many steps, scaled to match (lazy, as in StyleGAN2)
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
@@ -177,6 +179,8 @@ class TrainConfig:
         _require(0.0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
+        _require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        _require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
 
 
