@@ -17,7 +17,7 @@ from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
 from dcgan.gan import GAN, SkipNonFiniteSteps
-from dcgan.models.layers import FusedBatchNormalization
+from dcgan.models.layers import FastDropout, FusedBatchNormalization, standard_copy
 from dcgan.stages.train import build_gan, make_optimizer, train
 
 
@@ -161,16 +161,36 @@ def test_fused_batch_normalization_matches_keras(shape):
     np.testing.assert_allclose(np.asarray(fused(inputs)), np.asarray(plain(inputs)), rtol=1e-5, atol=1e-5)
 
 
-def test_saved_generator_needs_only_keras(tiny_prepared, tmp_path):
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fast_dropout_drops_at_the_rate_and_keeps_expectations(policy):
+    layer = FastDropout(0.3, seed=0, dtype=policy)
+    ones = tf.ones((1000, 999))  # an odd count: the last 32-bit draw is used by half
+    with tf.GradientTape() as tape:
+        tape.watch(ones)
+        outputs = layer(ones, training=True)
+    grads, outputs = np.asarray(tape.gradient(outputs, ones), np.float32), np.asarray(outputs, np.float32)
+    kept = outputs != 0
+    assert abs(kept.mean() - 0.7) < 0.003  # 6 standard deviations of the kept share
+    scale = np.float32(tf.constant(65536 / (65536 - 19661), layer.compute_dtype))  # 19,661 = round(0.3 * 65,536)
+    assert np.all(outputs[kept] == scale) and np.array_equal(grads, outputs)
+    assert abs(outputs.mean() - 1.0) < 0.006
+    assert not np.array_equal(np.asarray(layer(ones, training=True), np.float32), outputs)  # fresh masks each call
+    assert np.array_equal(np.asarray(FastDropout(0.3, seed=0, dtype=policy)(ones, training=True), np.float32), outputs)
+    assert np.array_equal(np.asarray(layer(ones, training=False), np.float32), np.asarray(ones))
+
+
+def test_saved_networks_need_only_keras(tiny_prepared, tmp_path):
     gan, _ = _gan_and_batch(tiny_prepared)
     assert any(isinstance(layer, FusedBatchNormalization) for layer in gan.generator.layers)
-    path = tmp_path / "generator.keras"
-    gan.sampler.save(path)
-    with zipfile.ZipFile(path) as archive:
-        assert "dcgan" not in archive.read("config.json").decode().replace('"name": "generator"', "")
+    assert any(isinstance(layer, FastDropout) for layer in gan.discriminator.layers)
     noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
-    loaded = keras.models.load_model(path)
-    assert np.array_equal(np.asarray(loaded(noise)), np.asarray(gan.generator(noise)))
+    for network, trained, inputs in ((gan.sampler, gan.generator, noise), (standard_copy(gan.discriminator), gan.discriminator, gan.generator(noise))):
+        path = tmp_path / f"{trained.name}.keras"
+        network.save(path)
+        with zipfile.ZipFile(path) as archive:
+            assert "dcgan" not in archive.read("config.json").decode().replace(f'"name": "{trained.name}"', "")
+        loaded = keras.models.load_model(path)
+        assert np.array_equal(np.asarray(loaded(inputs)), np.asarray(trained(inputs)))
 
 
 def test_checkpoint_round_trip_restores_every_variable(tiny_prepared, tmp_path):

@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
-from dcgan.models.layers import FusedBatchNormalization
+from dcgan.models.layers import FastDropout, FusedBatchNormalization
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
@@ -49,7 +49,7 @@ def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -
             layers.Conv2D(width, 3, strides=stride, padding="same"),
             FusedBatchNormalization(),
             layers.LeakyReLU(model.leaky_slope),
-            layers.Dropout(model.dropout),
+            FastDropout(model.dropout),
         ]
     stack += [layers.GlobalMaxPooling2D(), layers.Dense(1, activation=model.d_activation(), dtype="float32")]
     return keras.Sequential(stack, name="discriminator")

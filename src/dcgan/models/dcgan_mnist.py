@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
-from dcgan.models.layers import FusedBatchNormalization
+from dcgan.models.layers import FastDropout, FusedBatchNormalization
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
@@ -45,7 +45,7 @@ def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -
         stack += [
             layers.Conv2D(model.filters * 2**block, 5, strides=2, padding="same"),
             layers.LeakyReLU(slope),
-            layers.Dropout(model.dropout),
+            FastDropout(model.dropout),
         ]
     stack += [layers.Flatten(), layers.Dense(1, activation=model.d_activation(), dtype="float32")]
     return keras.Sequential(stack, name="discriminator")

@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from dcgan.config import ModelConfig
+from dcgan.models.layers import FastDropout
 
 START = 16
 
@@ -49,7 +50,7 @@ def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -
         stack += [layers.Conv2D(width, 4, strides=2), layers.LeakyReLU(slope)]
     stack += [
         layers.Flatten(),
-        layers.Dropout(model.dropout),
+        FastDropout(model.dropout),
         layers.Dense(1, activation=model.d_activation(), dtype="float32"),
     ]
     return keras.Sequential(stack, name="discriminator")

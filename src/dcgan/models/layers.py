@@ -37,13 +37,40 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.reshape(outputs, tf.shape(inputs)) if rank == 2 else outputs
 
 
+@keras.saving.register_keras_serializable(package="dcgan")
+class FastDropout(layers.Dropout):
+    """Keras' ``Dropout`` drawing 16 random bits per value instead of 32.
+
+    Generating the random bits (Philox) is most of dropout's cost on CPU: the tutorial
+    discriminator's two dropout layers took 15 % of its bfloat16 training step at batch 256
+    on an AMX CPU, and half the bits halve that (README, Speed). Each value is kept when its
+    16 bits are at least ``round(rate * 65536)``, so the drop probability is ``rate`` to
+    within 1/131,072, and kept values are scaled by the inverse of the exact keep probability,
+    which keeps every value's expectation. Inference, and noise shapes, are Keras' own.
+    """
+
+    def call(self, inputs, training=False):
+        threshold = round(self.rate * 2**16)
+        if not training or self.noise_shape is not None or not 0 < threshold < 2**16:
+            return super().call(inputs, training=training)
+        count = tf.size(inputs)
+        words = tf.random.stateless_uniform([(count + 1) // 2], seed=self.seed_generator.next(), minval=None, maxval=None, dtype=tf.uint32)
+        draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count]
+        keep = tf.reshape(draws >= threshold, tf.shape(inputs))
+        scale = tf.constant(2**16 / (2**16 - threshold), inputs.dtype)
+        return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
+
+
+# The training-only layers and the Keras layers they stand in for.
+PLAIN_LAYER = {FusedBatchNormalization: layers.BatchNormalization, FastDropout: layers.Dropout}
+
+
 def standard_copy(network: keras.Model) -> keras.Model:
     """A copy of ``network`` with the same weights and plain Keras layers only, so a saved
     or MLflow-logged model loads anywhere Keras does, without this package."""
 
     def plain(layer: layers.Layer) -> layers.Layer:
-        kind = layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else type(layer)
-        return kind.from_config(layer.get_config())
+        return PLAIN_LAYER.get(type(layer), type(layer)).from_config(layer.get_config())
 
     copy = keras.models.clone_model(network, clone_function=plain)
     copy.set_weights(network.get_weights())

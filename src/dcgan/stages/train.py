@@ -25,6 +25,7 @@ from dcgan.data.tfrecords import manifest_sha256
 from dcgan.errors import Interrupted, UserError
 from dcgan.files import check_writable, save_model, write_json
 from dcgan.gan import GAN, SkipNonFiniteSteps
+from dcgan.models.layers import standard_copy
 from dcgan.quality import Scorer
 from dcgan.stages.prepare import prepared_dataset
 
@@ -293,7 +294,7 @@ def train(config: Config) -> dict:
         if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
             summary["overhead"] = round(throughput.overhead, 6)
         save_model(gan.sampler, out.generator)
-        save_model(gan.discriminator, out.discriminator)
+        save_model(standard_copy(gan.discriminator), out.discriminator)
         if state.best is None:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
             save_model(gan.sampler, out.best_generator)
         final = {**last, **summary}
