@@ -10,7 +10,9 @@ Each is warmed up (one round, excluded), then timed over several rounds: median 
 spread of images/s, the ratio b/a, FLOPs per training image from the layer shapes,
 achieved GFLOP/s and its share of a float32/bfloat16 matmul measured in the same run.
 Also: the input pipeline alone, the share of a step spent waiting for input, and the
-per-epoch overhead of grids, metrics, MLflow and checkpoints.
+per-round overhead of grids, metrics, MLflow and checkpoints: measured with the in-training
+scores every round and without them, then weighed by the setup's own cadence
+(``metrics.every``) against its own round length (an epoch, or ``train.interval`` steps).
 
     python benchmarks/throughput.py [--steps 60] [--rounds 3]
 
@@ -38,7 +40,7 @@ from dcgan.devices import resolve_precision
 from dcgan.errors import TrainingDiverged
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.stages.prepare import prepared_dataset
-from dcgan.stages.train import build_gan, train
+from dcgan.stages.train import Schedule, build_gan, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,16 +140,19 @@ def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, ro
     return rates
 
 
-def product_path(config: Config, workdir: Path, steps: int, rounds: int, precision: str) -> tuple[list[float], float]:
-    """Per-round images/s of the real ``train`` (warm-up round excluded) and its overhead share."""
-    config.paths.models_dir = str(workdir / f"models-{precision}")
-    config.paths.reports_dir = str(workdir / f"reports-{precision}")
+def product_path(config: Config, workdir: Path, steps: int, rounds: int, precision: str, metrics_every: int = 1) -> tuple[list[float], float]:
+    """Per-round images/s of the real ``train`` (warm-up round excluded) and the seconds
+    per round spent outside training steps, with in-training scores every ``metrics_every``
+    rounds (0: none)."""
+    label = f"{precision}-metrics{metrics_every}"
+    config.paths.models_dir, config.paths.reports_dir = str(workdir / f"models-{label}"), str(workdir / f"reports-{label}")
     config.train.iterations, config.train.interval, config.train.precision = (rounds + 1) * steps, steps, precision
-    config.train.resume = "never"
+    config.train.resume, config.metrics.every = "never", metrics_every
     final = train(config)
     timed = history(Path(config.paths.reports_dir) / "train_history.csv")[1:]
     keras.backend.clear_session()
-    return [row["images_per_sec"] for row in timed], final["overhead"]
+    step_seconds = sum(row["epoch_seconds"] for row in timed)
+    return [row["images_per_sec"] for row in timed], final["overhead"] / (1 - final["overhead"]) * step_seconds / len(timed)
 
 
 def history(path: Path) -> list[dict]:
@@ -194,13 +199,16 @@ def main() -> None:
     peak = {"float32": matmul_peak(tf.float32), "bfloat16": matmul_peak(tf.bfloat16)}
     print(f"matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
 
-    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist", "metrics.every=1"], 256, args.steps)]
+    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
     if not args.skip_rgb:
-        setups.append(("128px RGB model (+experiment=faces128_rmsprop)", ["+experiment=faces128_rmsprop", "metrics.every=0"], 16, args.steps * 4))
+        setups.append(("128px RGB model (+experiment=faces128_rmsprop)", ["+experiment=faces128_rmsprop"], 16, args.steps * 4))
     summary = {}
     for title, overrides, batch, steps in setups:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
         prepared, manifest = prepared_dataset(config)
+        # The setup's own cadence, before the timed runs set theirs.
+        round_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
+        metrics_every = config.metrics.every
         images, _ = load_images(prepared, manifest, "train", 60000)
         generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
         flops = training_flops(generator, discriminator)
@@ -215,33 +223,33 @@ def main() -> None:
                   f"{statistics.median(fused) / statistics.median(reference):.2f}", flush=True)
         keras.backend.clear_session()
         results = {}
-        for precision in ("fp32", "auto"):
-            try:
-                rates, overhead = product_path(config, workdir, steps, args.rounds, precision)
-            except TrainingDiverged as exc:  # a figure for a run that diverged would mean nothing
-                keras.backend.clear_session()
-                print(f"(b) product path, {precision:<10} diverged: {exc}", flush=True)
-                break
-            results[precision] = (rates, overhead)
-            print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {statistics.median(rates) / statistics.median(reference):.2f}", flush=True)
-        if "auto" not in results:
+        try:
+            for precision in ("fp32", "auto"):
+                results[precision] = product_path(config, workdir, steps, args.rounds, precision)
+                rates = results[precision][0]
+                print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {statistics.median(rates) / statistics.median(reference):.2f}", flush=True)
+            # Only for the overhead: the same run without in-training scores.
+            unscored_overhead = product_path(config, workdir, steps, args.rounds, "auto", metrics_every=0)[1]
+        except TrainingDiverged as exc:  # a figure for a run that diverged would mean nothing
+            keras.backend.clear_session()
+            print(f"(b) product path diverged: {exc}", flush=True)
             continue
-        rates, overhead = results["auto"]
+        rates, scored_overhead = results["auto"]
         achieved = statistics.median(rates) * flops / 1e9
         resolved = "bfloat16" if resolve_precision("auto") == "mixed_bfloat16" else "float32"
         step_seconds = batch / statistics.median(rates)
-        # The overhead share is of rounds of `steps` steps; per epoch it is spread over more.
-        epoch_steps = manifest["splits"]["train"]["count"] // batch
-        overhead_seconds = overhead / (1 - overhead) * steps * step_seconds
-        per_epoch = overhead_seconds / (overhead_seconds + epoch_steps * step_seconds)
+        scoring = max(0.0, scored_overhead - unscored_overhead)
+        overhead_seconds = unscored_overhead + (scoring / metrics_every if metrics_every else 0.0)
+        per_round = overhead_seconds / (overhead_seconds + round_steps * step_seconds)
         compute = compute_only(config, manifest, images, batch, steps, "auto")
         waiting = max(0.0, 1 - statistics.median(rates) / compute)
         pipeline = pipeline_rate(prepared, manifest, batch, steps)
         print(f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[resolved]:.2f} of the {resolved} matmul peak")
         print(f"    input pipeline alone {pipeline:.0f} img/s = {pipeline / statistics.median(rates):.1f}x the training rate; "
               f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input")
-        print(f"    per-epoch overhead (grid, metrics, MLflow, checkpoint): {overhead_seconds:.1f} s per round = "
-              f"{per_epoch:.1%} of a {epoch_steps}-step epoch", flush=True)
+        cadence = f"every {metrics_every} round(s)" if metrics_every else "never"
+        print(f"    per-round overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores {scoring:.1f} s; "
+              f"with scores {cadence} as configured = {per_round:.1%} of a {round_steps}-step round", flush=True)
         summary.setdefault("speedup", statistics.median(rates) / statistics.median(reference))
         summary.setdefault("fraction", achieved / peak[resolved])
     print(f"speedup_vs_tutorial={summary['speedup']:.2f} fraction_of_peak={summary['fraction']:.2f}")
