@@ -244,7 +244,8 @@ def main() -> None:
         compute = compute_only(config, manifest, images, batch, steps, "auto")
         waiting = max(0.0, 1 - statistics.median(rates) / compute)
         pipeline = pipeline_rate(prepared, manifest, batch, steps)
-        print(f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[resolved]:.2f} of the {resolved} matmul peak")
+        print(f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[resolved]:.2f} of the {resolved} matmul peak"
+              + (f" ({achieved / peak['float32']:.2f} of the float32 one)" if resolved != "float32" else ""))
         print(f"    input pipeline alone {pipeline:.0f} img/s = {pipeline / statistics.median(rates):.1f}x the training rate; "
               f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input")
         cadence = f"every {metrics_every} round(s)" if metrics_every else "never"

@@ -29,6 +29,7 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     assert re.search(r"\(a\) tutorial loop, fp32 +[\d.]+ img/s", out)
     assert re.search(r"same loop with the product's fused batch norm +[\d.]+ img/s .* ratio to \(a\) [\d.]+", out)
     assert re.search(r"\(b\) product path, fp32 +[\d.]+ img/s .* ratio b/a [\d.]+", out)
+    assert re.search(r"achieved \d+ GFLOP/s = [\d.]+ of the (bfloat16 matmul peak \([\d.]+ of the float32 one\)|float32 matmul peak)", out)
     assert "of a step waiting for input" in out
     assert re.search(r"per-round overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores every 1 round\(s\) as configured = [\d.]+% of a \d+-step round", out)
     assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d", out.strip().splitlines()[-1])
