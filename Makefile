@@ -1,6 +1,9 @@
 # Two commands matter: `make run` (install + the main job) and `make test` (the whole suite).
 VENV ?= .venv
 PYTHON ?= python3.11
+# TensorFlow build: cpu (default, tested) or gpu (`make install TF=gpu`: TensorFlow with CUDA
+# from PyPI for NVIDIA GPUs; a separate venv, e.g. VENV=.venv-gpu, keeps the two apart).
+TF ?= cpu
 BIN := $(VENV)/bin
 # Offline machines: a local dataset mirror (see README); a sibling shared/datasets is used
 # when present, otherwise data is downloaded from the official sources.
@@ -13,7 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(TF),test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -21,7 +24,8 @@ install: $(BIN)/.installed
 run: install  ## prepare -> train -> evaluate with the default config (tens of minutes on 2 cores)
 	dvc repro
 
-test: install  ## the whole suite, slow end-to-end tests included
+test: install  ## lint, then the whole suite, slow end-to-end tests included
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 
 test-quick: install  ## unit tests only

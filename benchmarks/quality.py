@@ -73,19 +73,35 @@ def main() -> None:
         return
 
     progress = quality.Scorer(space, config, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
-    generator, train_step = tutorial_step(config, tuple(manifest["image_shape"]), 256)
-    dataset = tf.data.Dataset.from_tensor_slices(train_images).shuffle(60000).batch(256)
     noise = np.random.default_rng(0).standard_normal((COUNT, config.model.latent_dim)).astype(np.float32)
-    started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        for images in dataset:
-            train_step(images)
-        fid = progress.score(quality.generate(generator, noise[:2000]))["fid"]
-        print(f"epoch {epoch}: {time.perf_counter() - started:.0f} s, FID (2,000 samples) {fid:.2f}", flush=True)
+    generator, _ = tutorial_curve(config, manifest, train_images, progress, noise[:2000], epochs=args.epochs)
     samples = quality.generate(generator, noise)
     show(f"tutorial loop, {args.epochs} epochs", scorer.score(samples))
     if args.grid:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
+
+
+def tutorial_curve(config, manifest: dict, train_images: np.ndarray, progress: quality.Scorer, noise: np.ndarray,
+                   epochs: int | None = None, budget_seconds: float | None = None):
+    """Train the TF tutorial's loop as published (batch 256) for ``epochs``, or until
+    ``budget_seconds`` of training (scoring not counted) have passed, stopping mid-epoch if
+    need be; FID on ``noise``'s samples after every epoch and at the end. Returns the
+    generator and the (epoch, training seconds, FID) rows."""
+    generator, train_step = tutorial_step(config, tuple(manifest["image_shape"]), 256)
+    dataset = tf.data.Dataset.from_tensor_slices(train_images).shuffle(len(train_images)).batch(256)
+    rows, trained, epoch = [], 0.0, 0
+    while (epochs is None or epoch < epochs) and (budget_seconds is None or trained < budget_seconds):
+        epoch += 1
+        started = time.perf_counter()
+        for images in dataset:
+            train_step(images)
+            if budget_seconds is not None and trained + time.perf_counter() - started >= budget_seconds:
+                break
+        generator.trainable_variables[0].numpy()  # wait for the last step
+        trained += time.perf_counter() - started
+        rows.append((epoch, trained, progress.score(quality.generate(generator, noise))["fid"]))
+        print(f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID (2,000 samples) {rows[-1][2]:.2f}", flush=True)
+    return generator, rows
 
 
 def compare_precisions(epochs: int, overrides: list[str]) -> None:

@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -19,8 +21,10 @@ from typing import Iterator, Optional
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
 
 from dcgan.config import MIRROR_ENV, Config, validate
+from dcgan.precision import CACHE_ENV
 from dcgan.data.sources import ImageArchive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +38,8 @@ def pytest_configure(config):
     if not (MIRROR / "mnist").is_dir():
         raise pytest.UsageError(f"dataset mirror not found at {MIRROR}; set {MIRROR_ENV}")
     os.environ[MIRROR_ENV] = str(MIRROR)
+    # train.precision=auto's per-machine cache: measured once per test session, not read from the user's.
+    os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="dcgan-cache-"))
 
 
 def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> Config:
@@ -125,3 +131,66 @@ def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeou
     if check and result.returncode != 0:
         raise AssertionError(f"{stage} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def last_line_error(result: subprocess.CompletedProcess) -> str:
+    """The one-line error of a failed run; no traceback anywhere in its output."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def mlflow_client(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+class Training:
+    """``src/train.py`` started in the background, its output in files we can poll."""
+
+    def __init__(self, workdir: Path, *overrides: str):
+        self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err
+            )
+
+    def wait_until(self, condition, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"training ended early:\n{self.stderr[-3000:]}"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    def rounds_started(self) -> int:
+        return self.stdout.read_text().count("Epoch ")
+
+    def stop(self, signum: int, after_seconds: float) -> int:
+        time.sleep(after_seconds)
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=300)
+
+    @property
+    def stderr(self) -> str:
+        return self.stdout.with_suffix(".err").read_text()
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """Mount small tmpfs file systems (needs root, as in CI's container); unmount afterwards."""
+    mounted = []
+
+    def mount(point: Path | str, options: str) -> Path:
+        """Mount at ``point`` (a name: a new folder in ``tmp_path``)."""
+        point = tmp_path / point
+        point.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)

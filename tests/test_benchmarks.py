@@ -29,10 +29,11 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     assert re.search(r"\(a\) tutorial loop, fp32 +[\d.]+ img/s", out)
     assert re.search(r"same loop with the product's fused batch norm +[\d.]+ img/s .* ratio to \(a\) [\d.]+", out)
     assert re.search(r"\(b\) product path, fp32 +[\d.]+ img/s .* ratio b/a [\d.]+", out)
-    assert re.search(r"achieved \d+ GFLOP/s = [\d.]+ of the (bfloat16 matmul peak \([\d.]+ of the float32 one\)|float32 matmul peak)", out)
+    assert re.search(r"train.precision=auto: (fp32|mixed_bfloat16) \(auto, (measured|cache): ", out)
+    assert re.search(r"achieved \d+ GFLOP/s = [\d.]+ of the faster \((float32|bfloat16)\) matmul peak; auto chose ", out)
     assert "of a step waiting for input" in out
     assert re.search(r"per-round overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores every 1 round\(s\) as configured = [\d.]+% of a \d+-step round", out)
-    assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d", out.strip().splitlines()[-1])
+    assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d precision=(fp32|mixed_bfloat16)", out.strip().splitlines()[-1])
 
 
 def test_precision_comparison_trains_both_and_prints_them_side_by_side(tmp_path):
@@ -54,3 +55,12 @@ def test_floor_scores_real_noise_and_one_class(tmp_path):
     real, noise, one_class = (json.loads(text) for text in scores.values())
     assert real["fid"] < 0.2 * noise["fid"] and real["precision"] > noise["precision"]
     assert one_class["modes_covered"] < real["modes_covered"]
+
+
+def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
+    out = run_benchmark(tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "+experiment=tiny", "train.epochs=3")
+    assert re.search(r"default round 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
+    assert "default round 2" not in out  # stopped once the target was reached
+    assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)
+    assert re.fullmatch(r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ precision=(fp32|mixed_bfloat16)",
+                        out.strip().splitlines()[-1])

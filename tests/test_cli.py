@@ -5,16 +5,11 @@ import json
 import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
-from conftest import DEFAULT_ADAM, TINY, run_stage
+from conftest import DEFAULT_ADAM, TINY, last_line_error, mlflow_client, run_stage
 from dcgan.quality import QUALITY_KEYS
 
 pytestmark = pytest.mark.slow
-
-
-def mlflow_client(workdir) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
 
 
 def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
@@ -85,35 +80,29 @@ def test_training_by_iterations_with_an_interval(tmp_path):
     run_stage("train", *TINY, "data.limit=128", "train.iterations=6", "train.interval=3", cwd=tmp_path)
     rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
     assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: rounds cross passes
-    bad = _last_line_error(run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False))
+    bad = last_line_error(run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False))
     assert bad == "error: config key train.interval: 3 steps do not divide the 7 steps of train.iterations"
     run_stage("train", *TINY, "data.limit=128", "train.epochs=4", "train.interval_epochs=2", "train.resume=never", cwd=tmp_path)
     rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
     assert rows == [["1", "4"], ["2", "8"]]  # a checkpoint and grid every 2 passes of 2 steps
 
 
-def _last_line_error(result) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    return result.stderr.strip().splitlines()[-1]
-
-
 def test_user_errors_are_one_line(tmp_path):
-    untrained = _last_line_error(run_stage("evaluate", *TINY, cwd=tmp_path, check=False))
+    untrained = last_line_error(run_stage("evaluate", *TINY, cwd=tmp_path, check=False))
     assert untrained == "error: models/run.json: not found; run the train stage first (dvc repro train)"
 
     run_stage("prepare", *TINY, "data.limit=100", cwd=tmp_path)
-    too_big = _last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))
+    too_big = last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))
     assert too_big.startswith("error: config key train.batch_size: 128 exceeds the 100 training images")
 
-    unknown = _last_line_error(run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False))
+    unknown = last_line_error(run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False))
     assert unknown == "error: In 'config': Could not find 'optimizer/adamw'; Available options in 'optimizer': adam; rmsprop"
-    typo = _last_line_error(run_stage("train", *TINY, "train.epoch=3", cwd=tmp_path, check=False))
+    typo = last_line_error(run_stage("train", *TINY, "train.epoch=3", cwd=tmp_path, check=False))
     assert typo == "error: Could not override 'train.epoch'.; To append to your config use +train.epoch=3; Key 'epoch' is not in struct"
 
-    server = _last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
+    server = last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
     assert server.startswith("error: MLflow tracking store http://127.0.0.1:9 is unreachable")
-    assert not any((tmp_path / "models").iterdir())  # failed before any classifier or training work
+    assert not [p for p in (tmp_path / "models").rglob("*") if p.is_file()]  # failed before any classifier or training work
 
 
 def test_sweep_over_datasets_and_optimizers(tmp_path):
@@ -132,7 +121,7 @@ def test_sweep_over_datasets_and_optimizers(tmp_path):
     assert len(list((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))) == 4
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["classifier"]  # shared by the jobs
     assert sorted(p.name for p in (tmp_path / "models/classifier").iterdir()) == ["flowers64", "mnist32"]
-    assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == ["flowers64", "mnist32"]
+    assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == [".flowers64.lock", ".mnist32.lock", "flowers64", "mnist32"]
 
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
@@ -147,7 +136,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
     checkpoint = "models/checkpoints/" + json.loads((straight / "models/checkpoints/state.json").read_text())["checkpoint"]
     with np.load(straight / checkpoint) as a, np.load(resumed / checkpoint) as b:
         assert a.files == b.files and len(a.files) > 40
-        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "state")  # the variables; the state has timings
 
 
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, run_stage
-from test_cli import _last_line_error, mlflow_client
+from conftest import TINY, Training, last_line_error, mlflow_client, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -33,39 +28,7 @@ def _state(workdir: Path) -> dict | None:
 def _final_weights(workdir: Path) -> dict[str, np.ndarray]:
     state = _state(workdir)
     with np.load(workdir / "models/checkpoints" / state["checkpoint"]) as stored:
-        return {key: stored[key] for key in stored.files}
-
-
-class Training:
-    """``src/train.py`` started in the background, its output in files we can poll."""
-
-    def __init__(self, workdir: Path, *overrides: str):
-        self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["PYTHONUNBUFFERED"] = "1"
-        with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err
-            )
-
-    def wait_until(self, condition, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.process.poll() is None, f"training ended early:\n{self.stderr[-3000:]}"
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.05)
-
-    def rounds_started(self) -> int:
-        return self.stdout.read_text().count("Epoch ")
-
-    def stop(self, signum: int, after_seconds: float) -> int:
-        time.sleep(after_seconds)
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=300)
-
-    @property
-    def stderr(self) -> str:
-        return self.stdout.with_suffix(".err").read_text()
+        return {key: stored[key] for key in stored.files if key != "state"}  # the variables; the state has timings
 
 
 def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
@@ -124,11 +87,11 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
     # checkpoint after every step shows which one is kept.
     huge = ["optimizer.generator.learning_rate=1e30", "optimizer.discriminator.learning_rate=1e30"]
     result = run_stage("train", *TINY, "data.limit=256", "train.iterations=8", "train.interval=1", *huge, cwd=tmp_path, check=False)
-    assert _last_line_error(result) == (
+    assert last_line_error(result) == (
         "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
         "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with train.resume=never to start over"
     )
-    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == ["ckpt-000000001.npz", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == ["ckpt-000000001.npz", "generator_best.keras", "state.json"]
     run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
     assert mlflow_client(tmp_path).get_run(run_id).info.status == "FAILED"
 
@@ -143,54 +106,38 @@ def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
 
 def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
     run_stage("train", *TINY, "data.limit=128", cwd=tmp_path)
-    manifest = tmp_path / "data/prepared/mnist/manifest.json"
-    manifest.write_text(manifest.read_text() + "\n")  # the prepared data changed behind the checkpoint's back
+    # The prepared data changed behind the checkpoint's back (as re-preparing other raw files would).
+    manifest_path = tmp_path / "data/prepared/mnist/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["content_sha256"] = hashlib.sha256(b"other images").hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
 
-    refused = _last_line_error(run_stage("train", *TINY, "data.limit=128", "train.epochs=2", cwd=tmp_path, check=False))
+    refused = last_line_error(run_stage("train", *TINY, "data.limit=128", "train.epochs=2", cwd=tmp_path, check=False))
     assert refused.startswith("error: models/checkpoints: the checkpoint was trained on other data")
     assert refused.endswith("rerun with train.resume=never to start over on the new data")
     assert _state(tmp_path)["epoch"] == 1  # the checkpoint is left alone
 
     run_stage("train", *TINY, "data.limit=128", "train.resume=never", cwd=tmp_path)
-    mismatch = _last_line_error(
+    mismatch = last_line_error(
         run_stage("train", *TINY, "data.limit=128", "model.latent_dim=64", "train.resume=always", cwd=tmp_path, check=False)
     )
     assert mismatch == "error: config key model.latent_dim: 64 does not match the checkpoint in models/checkpoints (100)"
 
 
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """Mount small tmpfs file systems (needs root, as in CI's container); unmount afterwards."""
-    mounted = []
-
-    def mount(name: str, options: str) -> Path:
-        point = tmp_path / name
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
-
-
 def test_read_only_or_full_output_folders_fail_cleanly(tmp_path, mount_tmpfs):
     read_only = mount_tmpfs("read_only", "ro,size=1m")
-    error = _last_line_error(run_stage("train", *TINY, f"paths.models_dir={read_only}/models", cwd=tmp_path, check=False))
+    error = last_line_error(run_stage("train", *TINY, f"paths.models_dir={read_only}/models", cwd=tmp_path, check=False))
     assert error == f"error: {read_only}/models: output folder is not writable (Read-only file system)"
     assert not (tmp_path / "data").exists()  # refused before preparing or training anything
 
     full = mount_tmpfs("full", "size=256k")  # the tiny dataset's shards need ~8 MB
-    error = _last_line_error(run_stage("prepare", *TINY, f"paths.prepared_dir={full}", cwd=tmp_path, check=False))
+    error = last_line_error(run_stage("prepare", *TINY, f"paths.prepared_dir={full}", cwd=tmp_path, check=False))
     assert error.startswith(f"error: {full}/mnist: cannot write the prepared dataset: ")
-    assert list(full.iterdir()) == []  # no half-written dataset or temp folder left behind
+    assert [p.name for p in full.iterdir()] == [".mnist.lock"]  # the lock only: no half-written dataset or temp folder
 
     run_stage("prepare", *TINY, cwd=tmp_path)
     small = mount_tmpfs("small", "size=1m")  # room for the start, not for a checkpoint
-    error = _last_line_error(run_stage("train", *TINY, f"paths.models_dir={small}", cwd=tmp_path, check=False))
+    error = last_line_error(run_stage("train", *TINY, f"paths.models_dir={small}", cwd=tmp_path, check=False))
     # The first big write (the best generator or the checkpoint) names itself and fails.
     assert error.startswith(f"error: {small}/") and error.endswith("No space left on device")
     assert not list(small.rglob("*.tmp*")) and not list(small.rglob("ckpt-*"))  # nothing partial left

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from dvc.utils.hydra import compose_and_dump
 from mlflow import MlflowClient
 
@@ -19,10 +20,14 @@ pytestmark = pytest.mark.slow
 TINY = ["+experiment=tiny", "data.limit=256"]
 
 
-def sh(*args: str, cwd: Path, timeout: float = 900) -> str:
+def dvc_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"  # stage commands run `python`
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def sh(*args: str, cwd: Path, timeout: float = 900) -> str:
+    result = subprocess.run(args, cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result.stdout + result.stderr
@@ -95,11 +100,57 @@ def test_repro_runs_the_pipeline_then_nothing(project):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
 
 
-def test_changed_training_param_reruns_train_and_evaluate_only(project):
-    params = project / "params.yaml"
-    params.write_text(params.read_text().replace("seed: 42", "seed: 43"))
+PIPELINE_OUTPUTS = (
+    "models/generator.keras", "models/generator_best.keras", "models/discriminator.keras", "models/run.json",
+    "reports/train_history.csv", "reports/train_metrics.json", "reports/samples/epoch_0001.png", "reports/metrics.json",
+)
+
+
+def set_param(project: Path, key: str, value) -> None:
+    params_path = project / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    *parents, leaf = key.split(".")
+    section = params
+    for name in parents:
+        section = section[name]
+    section[leaf] = value
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def repro_completes(project: Path) -> list[str]:
+    """`dvc repro` exits 0 with every output present and `dvc status` clean; the stages it ran."""
     output = sh("dvc", "repro", cwd=project)
-    assert ran_stages(output) == ["train", "evaluate"]
+    assert all((project / path).is_file() for path in PIPELINE_OUTPUTS)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
+    return ran_stages(output)
+
+
+def test_changed_training_param_reruns_train_and_evaluate_only(project):
+    set_param(project, "train.seed", 43)  # defines the run: it starts over
+    assert repro_completes(project) == ["train", "evaluate"]
+    sh("git", "checkout", "params.yaml", cwd=project)
+
+
+def test_param_changes_of_every_class_complete_and_so_does_a_rerun_after_a_failed_train(project):
+    # After a finished repro (the previous test's), one change per class of docs/reproducibility.md:
+    for key, value in (
+        ("metrics.train_samples", 150),  # the scores: the best and final generators are rescored
+        ("tracking.experiment", "renamed"),  # no effect on the run: outputs rebuilt from its state
+        ("data.shards", 3),  # the same records in other files: prepare reruns, training does not
+    ):
+        set_param(project, key, value)
+        assert "train" in repro_completes(project), key
+
+    set_param(project, "train.batch_size", 100000)
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=dvc_env())
+    assert result.returncode != 0 and "train.batch_size: 100000 exceeds" in result.stdout + result.stderr
+    assert not (project / "models/generator_best.keras").exists()  # DVC deleted the outputs before the stage ran
+    set_param(project, "train.batch_size", 64)
+    assert repro_completes(project) == ["train", "evaluate"]
+
+    sh("dvc", "exp", "run", *(f"-S{o}" for o in TINY), "-S", "metrics.kid_subsets=5", cwd=project)
+    assert all((project / path).is_file() for path in PIPELINE_OUTPUTS)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
     sh("git", "checkout", "params.yaml", cwd=project)
 
 
@@ -144,3 +195,16 @@ def test_queued_sweep_lands_in_the_project_mlflow_store(project):
     for run in new:
         assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
         assert Path(run.info.artifact_uri.removeprefix("file://"), "evaluation", "samples.png").is_file()
+
+
+def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
+    """Last: lowering the length of a finished run is refused, which would fail later tests."""
+    sh("git", "checkout", "params.yaml", cwd=project)
+    repro_completes(project)
+    set_param(project, "train.epochs", 2)
+    assert repro_completes(project) == ["train", "evaluate"]
+    assert json.loads((project / "models/checkpoints/state.json").read_text())["epoch"] == 2
+    set_param(project, "train.epochs", 1)
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=dvc_env())
+    assert result.returncode != 0
+    assert "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for" in result.stderr

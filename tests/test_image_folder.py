@@ -90,16 +90,19 @@ def test_too_many_bad_files_is_an_error_and_writes_nothing(tmp_path, messy_folde
     with pytest.raises(UserError, match=r"photos: 3 of 26 image files could not be used .*data.max_skipped_fraction is 0.05"):
         prepare(config)
     assert not (tmp_path / "data/prepared/photos").exists()
-    assert list((tmp_path / "data/prepared").iterdir()) == []
+    assert [p.name for p in (tmp_path / "data/prepared").iterdir()] == [".photos.lock"]  # the lock only: no data, no temp folder
 
 
 def test_all_files_unreadable(tmp_path):
     folder = tmp_path / "junk"
     folder.mkdir()
-    for i in range(4):
+    for i in range(20):
         (folder / f"x{i}.jpg").write_text("nope")
-    with pytest.raises(UserError, match="all 4 image files could not be used"):
-        prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.5", "data.max_skipped_fraction=1.0"))
+    # Counted over both splits: the 2 files of the test split are bad too ("18 of 20" before).
+    with pytest.raises(UserError, match="all 20 image files could not be used"):
+        prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1"))
+    with pytest.raises(UserError, match="all 20 image files could not be used"):
+        prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1", "data.max_skipped_fraction=1.0"))
 
 
 def test_missing_and_empty_folders(tmp_path):

@@ -320,7 +320,6 @@ def test_lr_decay_holds_then_falls_linearly_to_zero():
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_steps_keep_float32_weights_and_outputs(tiny_prepared, precision):
-    import keras
 
     gan, batch = _gan_and_batch(tiny_prepared, compose_config([*TINY, f"train.precision={precision}"]))
     logs = gan.train_step(batch)
@@ -347,13 +346,3 @@ def test_non_finite_gradients_skip_the_update_and_are_counted(scaling):
     assert float(optimizer.dynamic_scale.numpy()) == (scale / 4 if scaling else 1.0)
     optimizer.apply([tf.constant([1.0, 1.0, 1.0]) * optimizer.dynamic_scale], [weight])
     assert weight.numpy() == pytest.approx(np.full(3, 0.9), abs=1e-5) and int(optimizer.iterations.numpy()) == 1  # Adam: lr * sign
-
-
-def test_auto_precision_follows_the_hardware(monkeypatch):
-    from dcgan import devices
-
-    assert devices.resolve_precision("fp32") == "fp32"
-    monkeypatch.setattr(devices, "_cpu_has_bf16", lambda: True)
-    assert devices.resolve_precision("auto") == "mixed_bfloat16"
-    monkeypatch.setattr(devices, "_cpu_has_bf16", lambda: False)
-    assert devices.resolve_precision("auto") == "fp32"

@@ -119,7 +119,7 @@ def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         prepare(config)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert [p.name for p in folder.parent.iterdir()] == ["mnist"]  # no temp folders left
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".mnist.lock", "mnist"]  # no temp folders left
 
 
 def test_missing_prepared_data_is_a_clear_error(tmp_path):
@@ -166,3 +166,16 @@ def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monke
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12
     # Server gone: the extracted folder is reused, nothing is downloaded again.
     assert prepare(config)["splits"] == manifest["splits"]
+
+
+def test_content_digest_and_record_order_do_not_depend_on_sharding(tmp_path):
+    """Why data.shards does not change a training run (docs/reproducibility.md)."""
+    digests, orders = set(), []
+    for shards in (1, 3):
+        config = compose_config(TINY + ["data.limit=50", f"data.shards={shards}"], tmp_path / str(shards))
+        manifest = prepare(config)
+        digests.add(manifest["content_sha256"])
+        folder = Path(config.paths.prepared_dir) / "mnist"
+        orders.append([label.numpy() for _, label in tfrecords.read_split(folder, manifest, "train")])
+        assert len(manifest["splits"]["train"]["shards"]) == shards
+    assert len(digests) == 1 and orders[0] == orders[1]

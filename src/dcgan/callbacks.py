@@ -133,7 +133,7 @@ class StopSignals:
 
 class Checkpointer(keras.callbacks.Callback):
     """Commit each finished round (history row, history CSV, the generator if its FID is the
-    best so far, then the checkpoint itself), and
+    best so far into the checkpoint folder, then the checkpoint itself), and
     check every step: a non-finite loss stops training before anything is saved; a stop
     signal saves a checkpoint of the step just finished and stops.
 
@@ -142,10 +142,9 @@ class Checkpointer(keras.callbacks.Callback):
     """
 
     def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_epoch: int,
-                 stop: StopSignals, best_generator: Path, resumed_metrics: list | None = None):
+                 stop: StopSignals, resumed_metrics: list | None = None):
         super().__init__()
         self.checkpoints = checkpoints
-        self.best_generator = best_generator
         self.state = state
         self.history_path = history_path
         self.steps_per_epoch = steps_per_epoch
@@ -190,7 +189,7 @@ class Checkpointer(keras.callbacks.Callback):
             **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
         if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
-            save_model(self.model.sampler, self.best_generator)
+            save_model(self.model.sampler, self.checkpoints.best_generator)
             self.state.best = {"epoch": row["epoch"], "fid": row["fid"]}
         self.state.history = [r for r in self.state.history if r["epoch"] <= epoch] + [row]
         self.state.epoch = epoch + 1

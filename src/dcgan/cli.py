@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -38,6 +39,10 @@ def launch(main: Callable[[], None]) -> None:
         main()
     except (HydraException, OmegaConfBaseException) as exc:
         _fail(f"error: {_one_line(exc)}")
+    except yaml.YAMLError as exc:  # a config file (e.g. a hand-edited params.yaml) that is not YAML
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}: line {mark.line + 1}, column {mark.column + 1}" if mark else "config file"
+        _fail(f"error: {where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
 
 
 def _apply_hydra_context(config: Config) -> None:
@@ -70,6 +75,8 @@ def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> None:
         _fail(f"error: {exc}")
     except Interrupted as exc:
         _fail(f"interrupted: {exc}", 128 + exc.signum)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (e.g. while the classifier trains)
+        _fail("interrupted: stopped by Ctrl-C; what was complete is kept (outputs, the last checkpoint): rerun the same command", 130)
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -26,6 +26,13 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise UserError(f"config key {key}: {message}")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and TensorFlow's seed range
+
+
+def _require_seed(value: int, key: str) -> None:
+    _require(0 <= value <= SEED_MAX, key, f"must be in 0..{SEED_MAX} (2**32 - 1), got {value}")
+
+
 PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
 PIXEL_RANGES = ([-1.0, 1.0], [0.0, 1.0])  # generator output: tanh, sigmoid
 LABEL_SOURCES = ("none", "subfolder", "prefix")
@@ -182,6 +189,8 @@ class TrainConfig:
         _require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
         _require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
+        _require_seed(self.seed, "train.seed")
+        _require_seed(self.sample_seed, "train.sample_seed")
 
 
 @dataclass
@@ -204,6 +213,7 @@ class EvaluateConfig:
         _require(self.interpolation_points >= 2, "evaluate.interpolation_points", "must be at least 2")
         _require(self.interpolation_steps >= 1, "evaluate.interpolation_steps", "must be at least 1")
         _require(self.gif_fps > 0, "evaluate.gif_fps", f"must be positive, got {self.gif_fps}")
+        _require_seed(self.seed, "evaluate.seed")
 
 
 @dataclass
@@ -223,6 +233,7 @@ class ClassifierConfig:
             _require(getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}")
         _require(self.max_size >= 8, "metrics.classifier.max_size", f"must be at least 8, got {self.max_size}")
         _require(self.min_steps >= 0, "metrics.classifier.min_steps", f"must be at least 0, got {self.min_steps}")
+        _require_seed(self.seed, "metrics.classifier.seed")
 
 
 @dataclass
@@ -333,24 +344,43 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# Settings that do not change what a training run computes: a checkpoint written under
-# other values of these is still the same run and may be resumed (epochs: to extend it).
-_NOT_DATA_IDENTITY = ("data.mirror", "data.urls", "data.download", "data.shards")
-_NOT_RUN_IDENTITY = (*_NOT_DATA_IDENTITY, "train.epochs", "train.iterations", "train.resume", "train.keep_checkpoints")
-_NOT_RUN_SECTIONS = ("evaluate", "metrics", "tracking", "paths")
+# What changing a setting does to a training run that already has a checkpoint; the one
+# rule, tabled in docs/reproducibility.md. Every setting not named here defines the run:
+# changing it starts the run over.
+# - extend: the same run, asked to reach another length (lowering it below what the
+#   checkpoint has done is refused, never silently discarded)
+EXTENDS_RUN = ("train.epochs", "train.iterations")
+# - rescore: the in-training scores depend on them; a resumed run rescores its best and
+#   final generators under the new settings
+RESCORES_RUN = ("metrics",)
+# - none: where data comes from or goes to, how often to score, what evaluate does
+_NO_EFFECT_ON_DATA = ("data.mirror", "data.urls", "data.download", "data.shards")
+NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "metrics.every", "evaluate", "tracking", "paths")
+
+
+def _matches(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in names)
 
 
 def run_identity(config: Config) -> dict[str, Any]:
     """The flattened settings that define a training run, for checkpoint matching."""
-    flat = flatten(to_dict(config))
     return {
         key: value
-        for key, value in flat.items()
-        if key not in _NOT_RUN_IDENTITY and key.split(".")[0] not in _NOT_RUN_SECTIONS
+        for key, value in flatten(to_dict(config)).items()
+        if not _matches(key, (*EXTENDS_RUN, *RESCORES_RUN, *NO_EFFECT_ON_RUN))
+    }
+
+
+def scoring_identity(config: Config) -> dict[str, Any]:
+    """The settings the in-training scores were computed with."""
+    return {
+        key: value
+        for key, value in flatten({"metrics": to_dict(config)["metrics"]}).items()
+        if not _matches(key, NO_EFFECT_ON_RUN)
     }
 
 
 def data_identity(config: Config) -> dict[str, Any]:
     """The data settings that change what prepare writes (not where it reads from)."""
     flat = flatten({"data": to_dict(config)["data"]})
-    return {key: value for key, value in flat.items() if key not in _NOT_DATA_IDENTITY}
+    return {key: value for key, value in flat.items() if key not in _NO_EFFECT_ON_DATA}

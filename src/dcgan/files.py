@@ -1,11 +1,17 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a part."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never a part) and
+the lock that lets one process at a time work in an output folder."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from dcgan.errors import UserError
 
@@ -55,3 +61,34 @@ def check_writable(*folders: Path) -> None:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as exc:
             raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` atomically."""
+    with open(source, "rb") as handle:
+        atomic_write(target, lambda out: shutil.copyfileobj(handle, out))
+
+
+@contextmanager
+def locked(folder: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an OS-level lock on ``folder`` (``shared``: as one of several readers) for the
+    duration, or fail at once naming the process that holds it. The lock is the file
+    ``.<folder name>.lock`` beside it; the kernel releases it when its holder exits, so a
+    ``kill -9`` cannot leave it stuck."""
+    lock_file = folder.parent / f".{folder.name}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a+")
+    try:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock

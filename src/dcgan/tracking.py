@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -17,6 +18,9 @@ from mlflow.exceptions import MlflowException
 
 from dcgan.config import Config, flatten, to_dict
 from dcgan.errors import UserError
+from dcgan.precision import Precision
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
 
@@ -47,9 +51,13 @@ def check_store(uri: str) -> None:
         if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise UserError(f"{path}: MLflow store is not writable (tracking.uri / MLFLOW_TRACKING_URI)")
         try:
-            sqlite3.connect(path).close()
+            connection = sqlite3.connect(path)
+            try:  # a file that is not a database fails on its first read, not on connect
+                connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            finally:
+                connection.close()
         except sqlite3.Error as exc:
-            raise UserError(f"{path}: cannot open the MLflow SQLite store ({exc})") from None
+            raise UserError(f"{path}: cannot open the MLflow SQLite store ({exc}); move it away or set tracking.uri") from None
         return
     if scheme in ("http", "https"):
         # One quick attempt instead of MLflow's long retry loop against a dead server.
@@ -106,6 +114,18 @@ def _experiment_id(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None)
 
 
+def _existing_run(run_id: Optional[str]) -> Optional[str]:
+    """``run_id`` if the current store has it (a checkpoint may come from another store)."""
+    if run_id is None:
+        return None
+    try:
+        mlflow.get_run(run_id)
+        return run_id
+    except MlflowException:
+        log.warning("MLflow run %s of the checkpoint is not in %s; continuing in a new run", run_id, mlflow.get_tracking_uri())
+        return None
+
+
 def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     """Open the training's run: a new one, or ``run_id`` again when resuming.
 
@@ -113,6 +133,7 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     ``train.epochs`` follows the epoch count it is currently asked to reach.
     """
     try:
+        run_id = _existing_run(run_id)
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
         else:
@@ -125,6 +146,26 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
     mlflow.set_tag("train.epochs", config.train.epochs)
     return run
+
+
+def end_abandoned_run(run_id: Optional[str]) -> None:
+    """Mark ``run_id`` KILLED if it is still RUNNING: its process died (``kill -9``) and its
+    checkpoint is being discarded, so nothing will ever finish it."""
+    if run_id is None:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            log.info("MLflow run %s of the discarded checkpoint marked KILLED", run_id)
+    except MlflowException:
+        pass  # not in this store
+
+
+def log_precision(precision: Precision) -> None:
+    """The precision trained in and, for ``auto``, the figures it was chosen by."""
+    probe = {f"precision.probe.{name}_images_per_sec": rate for name, rate in precision.images_per_sec.items()}
+    mlflow.set_tags({"precision": precision.policy, "precision.source": precision.source, **probe})
 
 
 def log_generator(generator, latent_dim: int, epoch: int) -> None:

@@ -22,7 +22,10 @@ from tqdm import tqdm
 from dcgan.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-shard sizes and the records' content_sha256
+REQUIRED_KEYS = ("splits", "image_shape", "normalization", "content_sha256")
+RERUN_PREPARE = "rerun prepare (dvc repro prepare, or python src/prepare.py)"
+_verified: set[tuple[str, str]] = set()  # (folder, manifest hash) checked by this process
 
 
 def _example(image: np.ndarray, label: int) -> bytes:
@@ -43,8 +46,10 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, int]], expected: int, shards: int) -> dict:
-    """Write (HxWxC uint8 image, label) pairs round-robin into ``shards`` files (balanced sizes)."""
+def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, int]], expected: int, shards: int, content) -> dict:
+    """Write (HxWxC uint8 image, label) pairs round-robin into ``shards`` files (balanced sizes),
+    feeding each record to the ``content`` hash in order. Reading the shards interleaved
+    gives the records back in that order, however many shards there are."""
     shards = max(1, min(shards, expected))
     names = [f"{split}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
     writers = [tf.io.TFRecordWriter(str(folder / name)) for name in names]
@@ -52,7 +57,9 @@ def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, 
     count = 0
     try:
         for image, label in tqdm(examples, total=expected, desc=f"writing {split}", unit="img"):
-            writers[count % shards].write(_example(image, label))
+            record = _example(image, label)
+            content.update(record)
+            writers[count % shards].write(record)
             per_shard[count % shards] += 1
             count += 1
     finally:
@@ -61,7 +68,8 @@ def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, 
     return {
         "count": count,
         "shards": [
-            {"file": name, "count": n, "sha256": _file_sha256(folder / name)} for name, n in zip(names, per_shard)
+            {"file": name, "count": n, "bytes": (folder / name).stat().st_size, "sha256": _file_sha256(folder / name)}
+            for name, n in zip(names, per_shard)
         ],
     }
 
@@ -71,14 +79,19 @@ def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarr
 
     ``splits`` maps a split name to (an iterable of (image, label) pairs, how many to
     expect); the iterable may raise to abandon the whole dataset. The iterables are
-    consumed before ``manifest`` is written, so it may hold what they found out.
+    consumed before ``manifest`` is written, so it may hold what they found out. The
+    manifest's ``content_sha256`` covers every record in order and not how they are
+    sharded: it is what a training run was trained on.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed prepare; callers hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is for everyone who can read the project
     try:
-        written = {split: _write_split(tmp, split, examples, expected, shards) for split, (examples, expected) in splits.items()}
-        manifest = dict(manifest, format_version=FORMAT_VERSION, splits=written)
+        content = hashlib.sha256()
+        written = {split: _write_split(tmp, split, examples, expected, shards, content) for split, (examples, expected) in splits.items()}
+        manifest = dict(manifest, format_version=FORMAT_VERSION, splits=written, content_sha256=content.hexdigest())
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -95,21 +108,46 @@ def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarr
 
 
 def load_manifest(folder: Path) -> dict:
-    """Read and sanity-check a prepared dataset's manifest; every shard must be present."""
+    """Read a prepared dataset's manifest and check the shards against it (once per process)."""
     path = folder / MANIFEST
     if not path.is_file():
         raise UserError(f"{path}: prepared dataset not found; run the prepare stage first (dvc repro prepare)")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: format version {manifest.get('format_version')} is not {FORMAT_VERSION}; rerun prepare")
+        raise UserError(f"{path}: not valid JSON ({exc}); {RERUN_PREPARE}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise UserError(f"{path}: format version {version} is not {FORMAT_VERSION}; {RERUN_PREPARE}")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise UserError(f"{path}: no {', '.join(missing)}; {RERUN_PREPARE}")
+    key = (str(folder.resolve()), manifest_sha256(folder))
+    if key not in _verified:
+        _verify_shards(folder, manifest)
+        _verified.add(key)
+    return manifest
+
+
+def _verify_shards(folder: Path, manifest: dict) -> None:
+    """Every shard present with its recorded size and SHA-256, and records of the manifest's
+    image shape: a truncated or edited dataset fails here, before any work."""
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            if not (folder / shard["file"]).is_file():
-                raise UserError(f"{folder / shard['file']}: shard listed in {MANIFEST} is missing; rerun prepare")
-    return manifest
+            path = folder / shard["file"]
+            if not path.is_file():
+                raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {RERUN_PREPARE}")
+            if path.stat().st_size != shard["bytes"] or _file_sha256(path) != shard["sha256"]:
+                raise UserError(f"{path}: shard does not match the SHA-256 in {MANIFEST} (truncated or changed); {RERUN_PREPARE}")
+    first = folder / manifest["splits"]["train"]["shards"][0]["file"]
+    for record in tf.data.TFRecordDataset(str(first)).take(1):
+        image = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+        size, expected = len(image.numpy()), int(np.prod(manifest["image_shape"]))
+        if size != expected:
+            raise UserError(
+                f"{folder / MANIFEST}: image_shape {manifest['image_shape']} ({expected} bytes) does not match "
+                f"the {size}-byte images in {first.name}; {RERUN_PREPARE}"
+            )
 
 
 def manifest_sha256(folder: Path) -> str:

@@ -17,26 +17,37 @@ from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, to_uint8
 from dcgan.errors import UserError
-from dcgan.files import check_writable, write_json
+from dcgan.checkpoints import CheckpointDir
+from dcgan.files import check_writable, locked, write_json
+from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
-from dcgan.stages.train import outputs_of
 
 log = logging.getLogger(__name__)
 
 GRID_UPSCALE = 3
 
 
+RERUN_TRAIN = "run the train stage first (dvc repro train)"
+
+
 def _load(path: Path) -> keras.Model:
     if not path.is_file():
-        raise UserError(f"{path}: trained model not found; run the train stage first (dvc repro train)")
-    return keras.models.load_model(path, compile=False)
+        raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to "File not found"
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)") from None
 
 
 def _training_run_id(run_info: Path) -> str:
     """The MLflow run the train stage recorded, checked to exist in the current store."""
     if not run_info.is_file():
-        raise UserError(f"{run_info}: not found; run the train stage first (dvc repro train)")
-    run_id = json.loads(run_info.read_text())["mlflow_run_id"]
+        raise UserError(f"{run_info}: not found; {RERUN_TRAIN}")
+    try:
+        run_id = json.loads(run_info.read_text())["mlflow_run_id"]
+    except (ValueError, TypeError, KeyError):
+        raise UserError(f"{run_info}: not the train stage's run record (no mlflow_run_id); rerun the train stage (dvc repro -f train)") from None
     try:
         mlflow.get_run(run_id)
     except MlflowException:
@@ -70,6 +81,12 @@ def evaluate(config: Config) -> dict:
     grids and GIFs, into ``reports/`` (DVC metrics) and the training's MLflow run."""
     tracking.connect(config)
     trained = outputs_of(config)
+    check_writable(trained.models_dir)
+    with locked(trained.models_dir):
+        return _evaluate(config, trained)
+
+
+def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     run_id = _training_run_id(trained.run_info)
     reports = Path(config.paths.reports_dir)
     check_writable(reports)
@@ -106,7 +123,8 @@ def evaluate(config: Config) -> dict:
         if scorer.space.accuracy is not None:
             scores["classifier_accuracy"] = scorer.space.accuracy
         _confidence_grids(scorer, fake, manifest, figures, settings.grid_size)
-        best = json.loads((trained.checkpoints / "state.json").read_text()).get("best")
+        state = CheckpointDir(trained.checkpoints, keep=1).load_state()
+        best = state.best if state else None
         if best is not None:  # the best-FID round's generator, scored at full size too
             scores["best"] = {"epoch": best["epoch"], **scorer.score(generate(_load(trained.best_generator), noise))}
     write_json(reports / "metrics.json", scores)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -11,9 +12,9 @@ import tensorflow as tf
 
 from dcgan.config import Config, DataConfig, data_identity
 from dcgan.data import idx, image_folder, sources
-from dcgan.data.tfrecords import load_manifest, write_prepared
+from dcgan.data.tfrecords import FORMAT_VERSION, MANIFEST, load_manifest, write_prepared
 from dcgan.errors import UserError
-from dcgan.files import check_writable
+from dcgan.files import check_writable, locked
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,11 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
     if data.limit is not None:
         by_split["train"] = by_split["train"][: data.limit]
     skipped: list[dict] = []
-    splits = {
-        split: (
-            _checked(image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), skipped, len(files), folder, data),
-            len(chosen),
-        )
-        for split, chosen in by_split.items()
-    }
+    splits = {split: (image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), len(chosen)) for split, chosen in by_split.items()}
+    # Checked once the last split is decoded, so the count covers every file.
+    test_images, test_count = splits["test"]
+    decoded = sum(len(chosen) for chosen in by_split.values())
+    splits["test"] = (_checked(test_images, skipped, decoded, folder, data), test_count)
     described = {
         "source_folder": str(folder),
         "source_files": len(files),
@@ -103,7 +102,14 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
 
 def prepare(config: Config) -> dict:
     data = config.data
-    check_writable(Path(config.paths.prepared_dir))
+    prepared_dir = Path(config.paths.prepared_dir)
+    check_writable(prepared_dir)
+    with locked(prepared_dir / data.name):
+        return _prepare(config)
+
+
+def _prepare(config: Config) -> dict:
+    data = config.data
     splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(config)
     target = Path(config.paths.prepared_dir) / data.name
     log.info("preparing %s (%s) at %dx%dx%d into %s", data.name, data.source, data.image_size, data.image_size, data.channels, target)
@@ -126,14 +132,16 @@ def prepare(config: Config) -> dict:
 
 def prepared_dataset(config: Config) -> tuple[Path, dict]:
     """The prepared dataset for ``config.data``, preparing it first if it is missing or was
-    made with other data settings (so ``python src/train.py data=...`` and sweeps over
-    datasets just work; under DVC the prepare stage has always run already)."""
+    made with other data settings or an older format (so ``python src/train.py data=...``
+    and sweeps over datasets just work; under DVC the prepare stage has always run already).
+    A current dataset whose files do not match its manifest is an error, not re-prepared."""
     folder = Path(config.paths.prepared_dir) / config.data.name
-    if (folder / "manifest.json").is_file():
-        manifest = load_manifest(folder)
-        if manifest.get("data_config") == data_identity(config):
-            return folder, manifest
-        log.info("%s was prepared with other data settings; preparing it again", folder)
-    else:
+    try:
+        found = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
         log.info("%s not prepared yet; preparing it first", folder)
+        return folder, prepare(config)
+    if isinstance(found, dict) and found.get("format_version") == FORMAT_VERSION and found.get("data_config") == data_identity(config):
+        return folder, load_manifest(folder)
+    log.info("%s was prepared with other data settings or an older format; preparing it again", folder)
     return folder, prepare(config)

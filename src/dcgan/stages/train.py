@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import sys
@@ -16,65 +17,22 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import models, quality, tracking, viz
-from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, StopSignals, Throughput
-from dcgan.checkpoints import CheckpointDir, RunState
-from dcgan.config import Config, OptimizerConfig, run_identity, to_dict
+from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, StopSignals, Throughput, write_history
+from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
+from dcgan.config import Config, OptimizerConfig, run_identity, scoring_identity, to_dict
 from dcgan.data.pipeline import training_dataset
-from dcgan.devices import distribution, set_global_seed, set_precision, split_cpu
 from dcgan.data.tfrecords import manifest_sha256
+from dcgan.devices import distribution, set_global_seed, split_cpu
 from dcgan.errors import Interrupted, UserError
-from dcgan.files import check_writable, save_model, write_json
+from dcgan.files import check_writable, copy_file, locked, save_model, write_json
 from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import standard_copy
-from dcgan.quality import Scorer
+from dcgan.paths import TrainOutputs, outputs_of
+from dcgan.precision import resolve_precision, set_precision
+from dcgan.quality import Scorer, generate
 from dcgan.stages.prepare import prepared_dataset
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainOutputs:
-    """Where a training run writes; the DVC outs of the train stage."""
-
-    models_dir: Path
-    reports_dir: Path
-
-    @property
-    def generator(self) -> Path:
-        return self.models_dir / "generator.keras"
-
-    @property
-    def discriminator(self) -> Path:
-        return self.models_dir / "discriminator.keras"
-
-    @property
-    def best_generator(self) -> Path:
-        """The generator of the round with the lowest in-training FID."""
-        return self.models_dir / "generator_best.keras"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.models_dir / "checkpoints"
-
-    @property
-    def run_info(self) -> Path:
-        return self.models_dir / "run.json"
-
-    @property
-    def samples(self) -> Path:
-        return self.reports_dir / "samples"
-
-    @property
-    def history(self) -> Path:
-        return self.reports_dir / "train_history.csv"
-
-    @property
-    def metrics(self) -> Path:
-        return self.reports_dir / "train_metrics.json"
-
-
-def outputs_of(config: Config) -> TrainOutputs:
-    return TrainOutputs(Path(config.paths.models_dir), Path(config.paths.reports_dir))
 
 
 class LinearDecayTail(keras.optimizers.schedules.LearningRateSchedule):
@@ -121,7 +79,7 @@ def seed_everything(config: Config) -> None:
 def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
     """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32),
     its optimizers scheduled for a run of ``total_steps`` steps."""
-    precision = set_precision(config.train.precision)
+    precision = set_precision(config.train.precision).policy
 
     def optimizer(network: str) -> keras.optimizers.Optimizer:
         inner = make_optimizer(config.optimizer, network, config.train.lr_decay, total_steps)
@@ -186,45 +144,96 @@ class Schedule:
         return cls(interval, total // interval)
 
 
+DATA_DIGEST = "data.content_sha256"
+
+
 def _differences(old: dict, new: dict) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
-def _resume_state(checkpoints: CheckpointDir, identity: dict, config: Config, schedule: Schedule) -> RunState | None:
-    """The checkpoint state to resume, or None to start over (clearing a stale checkpoint).
-
-    A checkpoint of other settings is replaced (``dvc exp run -S ...`` just works), but one of
-    the same settings on changed prepared data is refused: that is never silently resumed.
-    """
-    state = checkpoints.load_state()
-    resume = config.train.resume
-    if state is None or state.checkpoint is None:
-        if resume == "always":
-            raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
-        return None
+def _why_start_over(state: RunState, identity: dict, config: Config, total_steps: int, folder: Path) -> str | None:
+    """Why the checkpoint ``state`` cannot be resumed (None: resume it). Refuses (raises)
+    where starting over would discard work the user may not mean to lose."""
     changed = _differences(state.identity, identity)
+    resume = config.train.resume
     if resume == "never":
-        log.info("train.resume=never: discarding the checkpoint in %s", checkpoints.folder)
-    elif changed == ["data.manifest_sha256"]:
+        return f"train.resume=never: discarding the checkpoint in {folder}"
+    if changed == [DATA_DIGEST]:
         raise UserError(
-            f"{checkpoints.folder}: the checkpoint was trained on other data (the prepared dataset's manifest "
-            f"changed since: sha256 {state.identity[changed[0]][:12]} -> {identity[changed[0]][:12]}); "
+            f"{folder}: the checkpoint was trained on other data (the prepared data's content changed since: "
+            f"sha256 {str(state.identity.get(DATA_DIGEST))[:12]} -> {identity[DATA_DIGEST][:12]}); "
             "rerun with train.resume=never to start over on the new data"
         )
-    elif changed and resume == "always":
+    if changed and resume == "always":
         key = changed[0]
         raise UserError(
-            f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {checkpoints.folder} "
+            f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {folder} "
             f"({state.identity.get(key)!r}" + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "") + ")"
         )
-    elif changed:
-        log.warning("checkpoint in %s is from a different run (differs in: %s); starting over", checkpoints.folder, ", ".join(changed))
-    elif state.step > schedule.epochs * schedule.steps_per_epoch:
-        log.warning("checkpoint in %s is past the requested training length; starting over", checkpoints.folder)
-    else:
-        return state
-    checkpoints.clear()
+    if changed in ([], ["train.total_steps"]) and state.step > total_steps:
+        raise UserError(
+            f"{folder}: holds a run trained for {state.step} steps ({state.epoch} rounds), more than the {total_steps} "
+            f"asked for (train.epochs / train.iterations); ask for at least {state.step} steps to keep it, or {START_OVER} (discarding it)"
+        )
+    if changed:
+        return f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
     return None
+
+
+def _recorded_run_id(run_info: Path) -> str | None:
+    try:
+        return json.loads(run_info.read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _resume_or_start(checkpoints: CheckpointDir, identity: dict, config: Config, total_steps: int, gan: GAN, out: TrainOutputs) -> RunState:
+    """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
+    discards the old checkpoint, grids and best generator and marks the MLflow run of a
+    killed process KILLED (this process holds the folder's lock: nothing else runs it)."""
+    try:
+        state = checkpoints.load_state()
+    except UserError:
+        if config.train.resume != "never":
+            raise
+        state = None
+    if state is not None and state.checkpoint is not None:
+        reason = _why_start_over(state, identity, config, total_steps, checkpoints.folder)
+        if reason is None:
+            state = checkpoints.restore(gan.state_variables(), state)
+            log.info("resuming from %s after epoch %d", checkpoints.folder / state.checkpoint, state.epoch)
+            return state
+        log.warning(reason)
+    elif config.train.resume == "always":
+        raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
+    for run_id in {state.mlflow_run_id if state else None, _recorded_run_id(out.run_info)}:
+        tracking.end_abandoned_run(run_id)
+    checkpoints.clear()
+    shutil.rmtree(out.samples, ignore_errors=True)
+    out.best_generator.unlink(missing_ok=True)
+    return RunState(identity=identity)
+
+
+def _rescore(state: RunState, scoring: dict, gan: GAN, scorer: Scorer | None, noise: np.ndarray, checkpoints: CheckpointDir, complete: bool) -> None:
+    """After a change of metrics.*: score the best generator (and, for a run with nothing
+    left to train, the last) again, so the best round and the final scores are current;
+    the earlier rounds' rows in the history keep the scores of their time."""
+    changed = ", ".join(_differences(state.scoring, scoring))
+    if scorer is None:
+        log.warning("metrics settings changed since the checkpoint (%s); with no in-training scores now, "
+                    "the history keeps its old ones", changed)
+        return
+    log.warning("metrics settings changed since the checkpoint (%s): rescoring the best%s generator; "
+                "earlier rows of the history keep their old scores", changed, " and the last" if complete else "")
+    if state.best is not None and checkpoints.best_generator.is_file():
+        best = keras.models.load_model(checkpoints.best_generator, compile=False)
+        state.best["fid"] = round(scorer.score(generate(best, noise))["fid"], 6)
+    if complete:
+        last = state.history[-1]
+        last.update({key: round(value, 6) for key, value in scorer.score(generate(gan.sampler, noise)).items()})
+        if state.best is None or last["fid"] < state.best["fid"]:
+            save_model(gan.sampler, checkpoints.best_generator)
+            state.best = {"epoch": last["epoch"], "fid": last["fid"]}
 
 
 def _progress_scorer(config: Config, prepared: Path, manifest: dict) -> Scorer | None:
@@ -240,38 +249,43 @@ def train(config: Config) -> dict:
     models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
-    check_writable(out.models_dir, out.reports_dir)
-    prepared, manifest = prepared_dataset(config)
+    check_writable(out.models_dir, out.reports_dir, out.checkpoints, out.samples)
+    with locked(out.models_dir):
+        prepared, manifest = prepared_dataset(config)
+        with locked(prepared, shared=True):  # no prepare replaces the data under a training
+            return _train(config, out, prepared, manifest)
+
+
+def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) -> dict:
     schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
     scorer = _progress_scorer(config, prepared, manifest)  # may train the classifier: before seeding
+    precision = resolve_precision(config.train.precision)  # may time a probe once per machine: before seeding
 
     seed_everything(config)
     total_steps = schedule.epochs * schedule.steps_per_epoch
     gan = build_gan(config, manifest, total_steps)
-    identity = {**run_identity(config), "data.manifest_sha256": manifest_sha256(prepared)}
+    identity = {**run_identity(config), DATA_DIGEST: manifest["content_sha256"]}
     if config.train.lr_decay:  # the learning rates depend on the run's length: a longer run is another run
         identity["train.total_steps"] = total_steps
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
-    state = _resume_state(checkpoints, identity, config, schedule)
-    if state is not None:
-        checkpoints.restore(gan.state_variables(), state)
-        log.info("resuming from %s after epoch %d", checkpoints.folder / state.checkpoint, state.epoch)
-    else:
-        state = RunState(identity=identity)
-        shutil.rmtree(out.samples, ignore_errors=True)
-        out.best_generator.unlink(missing_ok=True)
+    state = _resume_or_start(checkpoints, identity, config, total_steps, gan, out)
 
     noise = np.random.default_rng(config.train.sample_seed).standard_normal(
         (config.train.sample_grid**2 + config.metrics.train_samples, config.model.latent_dim)
     ).astype(np.float32)
     grid_noise, scoring_noise = noise[: config.train.sample_grid**2], noise[config.train.sample_grid**2 :]
+    scoring = scoring_identity(config)
+    if state.scoring is not None and state.scoring != scoring and state.history:
+        _rescore(state, scoring, gan, scorer, scoring_noise, checkpoints, complete=state.step >= total_steps)
+    state.scoring = scoring
     with tracking.start_run(config, state.mlflow_run_id) as run, StopSignals() as stop:
-        if state.mlflow_run_id is None:
+        if state.mlflow_run_id != run.info.run_id:
             state.mlflow_run_id = run.info.run_id
             mlflow.log_dict(manifest, "data/manifest.json")  # with the raw files' SHA-256
             mlflow.log_dict(to_dict(config), "config.yaml")  # the full resolved config
-            mlflow.set_tag("data.manifest_sha256", identity["data.manifest_sha256"])
+            mlflow.set_tag("data.manifest_sha256", manifest_sha256(prepared))
             _log_architecture(gan)
+        tracking.log_precision(precision)
         write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         # A round cut short by a stop signal continues with its loss means so far.
         mid_round = state.step > state.epoch * schedule.steps_per_epoch
@@ -281,7 +295,7 @@ def train(config: Config) -> dict:
             SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples),
             *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.epochs)] if scorer else []),
             MLflowMetrics(),
-            Checkpointer(checkpoints, state, out.history, schedule.steps_per_epoch, stop, out.best_generator,
+            Checkpointer(checkpoints, state, out.history, schedule.steps_per_epoch, stop,
                          [v.numpy() for v in gan.metrics_variables] if mid_round else None),
         ]
         try:
@@ -289,18 +303,28 @@ def train(config: Config) -> dict:
         except Interrupted:
             mlflow.end_run("KILLED")
             raise
-        last = state.history[-1]
-        summary = {f"best_{k}": v for k, v in (state.best or {}).items()}
-        if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
-            summary["overhead"] = round(throughput.overhead, 6)
-        save_model(gan.sampler, out.generator)
-        save_model(standard_copy(gan.discriminator), out.discriminator)
-        if state.best is None:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
-            save_model(gan.sampler, out.best_generator)
-        final = {**last, **summary}
-        write_json(out.metrics, final)
-        mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
-        tracking.log_generator(gan.sampler, config.model.latent_dim, final["epoch"])
+        return _write_outputs(gan, state, checkpoints, out, throughput)
+
+
+def _write_outputs(gan: GAN, state: RunState, checkpoints: CheckpointDir, out: TrainOutputs, throughput: Throughput) -> dict:
+    """Every output of the stage, from the model and the persisted state alone (DVC deletes
+    the outputs before a rerun, which may find the run complete and train nothing)."""
+    last = state.history[-1]
+    summary = {f"best_{k}": v for k, v in (state.best or {}).items()}
+    if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
+        summary["overhead"] = round(throughput.overhead, 6)
+    save_model(gan.sampler, out.generator)
+    save_model(standard_copy(gan.discriminator), out.discriminator)
+    if state.best is not None and checkpoints.best_generator.is_file():
+        copy_file(checkpoints.best_generator, out.best_generator)
+    else:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
+        save_model(gan.sampler, out.best_generator)
+    write_history(out.history, state.history)
+    checkpoints.save_state(state)  # the MLflow run and scores as they are now
+    final = {**last, **summary}
+    write_json(out.metrics, final)
+    mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
+    tracking.log_generator(gan.sampler, gan.latent_dim, final["epoch"])
     return final
 
 
