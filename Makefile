@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 # from PyPI for NVIDIA GPUs; a separate venv, e.g. VENV=.venv-gpu, keeps the two apart).
 TF ?= cpu
 BIN := $(VENV)/bin
-# Offline machines: a local dataset mirror (see README); a sibling shared/datasets is used
+# Offline machines: a local dataset mirror (docs/datasets.md); a sibling shared/datasets is used
 # when present, otherwise data is downloaded from the official sources.
 DCGAN_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
 export DCGAN_DATA_MIRROR
@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 install: $(BIN)/.installed
 
-run: install  ## prepare -> train -> evaluate with the default config (tens of minutes on 2 cores)
+run: install  ## prepare -> classifier -> train -> evaluate with the default config (about 30 min on 2 cores)
 	dvc repro
 
 test: install  ## lint, then the whole suite, slow end-to-end tests included

@@ -1,4 +1,4 @@
-"""Draw the in-training FID of several runs in one figure (the README's FID curves).
+"""Draw the in-training FID of several runs in one figure (the FID curves in docs/results.md).
 
     python benchmarks/fid_curves.py docs/images/mnist_fid_per_epoch.png \
         "default=reports/train_history.csv" "other run=../other/reports/train_history.csv"

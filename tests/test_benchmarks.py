@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end (tiny settings) and print what the README quotes."""
+"""The benchmark scripts run end to end (tiny settings) and print what docs/ quotes."""
 
 import json
 import re

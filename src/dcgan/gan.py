@@ -16,7 +16,7 @@ class SkipNonFiniteSteps(keras.optimizers.LossScaleOptimizer):
     small float16 gradients from underflowing and halves the scale on each skip. Without it
     (``mixed_bfloat16``, which has float32's range) the scale stays 1 and only the skip is
     kept: on AMX CPUs oneDNN's bfloat16 convolution-filter gradient now and then returns
-    inf/NaN from finite inputs (README, Speed), and one skipped step absorbs what would
+    inf/NaN from finite inputs (docs/speed.md), and one skipped step absorbs what would
     otherwise turn every weight into NaN.
     """
 

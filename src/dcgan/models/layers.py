@@ -43,7 +43,7 @@ class FastDropout(layers.Dropout):
 
     Generating the random bits (Philox) is most of dropout's cost on CPU: the tutorial
     discriminator's two dropout layers took 13 % of its bfloat16 training step at batch 256
-    on an AMX CPU, and half the bits halve that (README, Speed). Each value is kept when its
+    on an AMX CPU, and half the bits halve that (docs/speed.md). Each value is kept when its
     16 bits are at least ``round(rate * 65536)``, so the drop probability is ``rate`` to
     within 1/131,072, and kept values are scaled by the inverse of the exact keep probability,
     which keeps every value's expectation. Inference, and noise shapes, are Keras' own.

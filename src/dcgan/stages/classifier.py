@@ -60,7 +60,7 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
              config.data.name, report["num_classes"], report["epochs"], folder)
     # Keras' own seeding, not set_global_seed: this stage builds no tensor-seeded shuffle, and
     # TF global seed 0 (metrics.classifier.seed's default) is what every classifier behind
-    # the README's scores was trained with.
+    # the scores in docs/results.md was trained with.
     keras.utils.set_random_seed(settings.seed)
     classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
     classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -1,0 +1,64 @@
+"""The commands the README and docs/ show compose with the real config: an unknown key, a
+mistyped option or an out-of-range value in a documented command fails here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from conftest import REPO, compose_config
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+STAGE = re.compile(r"python src/(prepare|classifier|train|evaluate)\.py")
+# Flags of the entry points or of `dvc exp run` that are not config overrides.
+NOT_OVERRIDES = {"-m", "--multirun", "--config-dir=.", "--config-name=params", "--queue", "-n"}
+
+
+def _snippets(text: str) -> list[str]:
+    """Shell lines of fenced code blocks and inline code spans."""
+    fenced = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for line in block.splitlines()]
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return fenced + inline
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(where, overrides) of every `python src/<stage>.py ...` and `dvc exp run ...` shown."""
+    found = []
+    for page in PAGES:
+        for snippet in _snippets(page.read_text()):
+            for command in snippet.split("&&"):
+                command = command.split(" #")[0].strip()
+                if "..." in command:  # an elided example, e.g. `dvc exp run -S ...`
+                    continue
+                if command.startswith("dvc exp run"):
+                    words = shlex.split(command)[3:]
+                    overrides = [w[2:] if w.startswith("-S") and len(w) > 2 else w for w in words if w != "-S"]
+                    names = {words[i + 1] for i, w in enumerate(words[:-1]) if w == "-n"}
+                    overrides = [o for o in overrides if o not in names]
+                elif STAGE.match(command):
+                    overrides = shlex.split(command)[2:]
+                else:
+                    continue
+                found.append((f"{page.name}: {command}", [o for o in overrides if o not in NOT_OVERRIDES]))
+    return found
+
+
+def _first_choice(override: str) -> str:
+    """A sweep's ``key=a,b`` as its first value (the others compose the same way)."""
+    key, _, value = override.partition("=")
+    return f"{key}={value.split(',')[0]}" if "," in value and not value.startswith("[") else override
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_show_commands():
+    assert len(COMMANDS) >= 15
+    assert any("dvc exp run" in where for where, _ in COMMANDS)
+
+
+@pytest.mark.parametrize("where, overrides", COMMANDS, ids=[where for where, _ in COMMANDS])
+def test_documented_command_composes(where, overrides):
+    compose_config([_first_choice(o) for o in overrides])
