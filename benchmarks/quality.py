@@ -33,7 +33,7 @@ import tensorflow as tf
 from dcgan import quality, viz
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import to_uint8
-from dcgan.stages.prepare import prepared_dataset
+from dcgan.data.prepare import prepared_dataset
 from dcgan.stages.train import train
 from throughput import REPO, configure, history, tutorial_step
 

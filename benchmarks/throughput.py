@@ -41,7 +41,7 @@ from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.errors import TrainingDiverged
 from dcgan.precision import cache_file, resolve_precision
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
-from dcgan.stages.prepare import prepared_dataset
+from dcgan.data.prepare import prepared_dataset
 from dcgan.stages.train import Schedule, build_gan, train
 
 REPO = Path(__file__).resolve().parents[1]

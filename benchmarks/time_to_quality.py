@@ -36,7 +36,7 @@ from dcgan import quality
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.precision import resolve_precision
-from dcgan.stages.prepare import prepared_dataset
+from dcgan.data.prepare import prepared_dataset
 from quality import tutorial_curve
 from throughput import REPO, configure, history
 

@@ -3,7 +3,7 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.stages.classifier import train_classifier
+from dcgan.domain_classifier import train_classifier
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -110,7 +110,7 @@ def float32_policy():
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Config:
     """A config whose prepared data (512 MNIST training images) already exists."""
-    from dcgan.stages.prepare import prepare
+    from dcgan.data.prepare import prepare
 
     config = compose_config(TINY, tmp_path_factory.mktemp("tiny"))
     prepare(config)

@@ -13,7 +13,7 @@ from dcgan.data import image_folder
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import UserError
-from dcgan.stages.prepare import prepare
+from dcgan.data.prepare import prepare
 
 FLOWERS = MIRROR / "flowers_ccby" / "images"
 

@@ -13,7 +13,7 @@ from dcgan.data import idx, sources, tfrecords
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.devices import set_global_seed
 from dcgan.errors import UserError
-from dcgan.stages.prepare import prepare
+from dcgan.data.prepare import prepare
 
 MNIST = sources.DATASETS["mnist"]
 
@@ -137,7 +137,7 @@ def test_missing_shard_is_detected(tmp_path):
 
 
 def test_training_prepares_missing_or_stale_data(tmp_path):
-    from dcgan.stages.prepare import prepared_dataset
+    from dcgan.data.prepare import prepared_dataset
 
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
     folder, manifest = prepared_dataset(config)  # missing: prepared now

@@ -14,9 +14,9 @@ from dcgan import quality
 from dcgan.config import ClassifierConfig
 from dcgan.data.pipeline import load_images
 from dcgan.errors import UserError
-from dcgan.stages.prepare import prepare
+from dcgan.data.prepare import prepare
 from dcgan.models.classifier import build_classifier
-from dcgan.stages.classifier import classifier_for, training_epochs
+from dcgan.domain_classifier import classifier_for, training_epochs
 
 COUNT = 2000
 

@@ -1,7 +1,7 @@
 """Scoring generated images against the real test split in a feature space.
 
 The feature space is the penultimate layer of the dataset's domain classifier (see
-``stages.classifier``) or, with ``metrics.features=inception``, of Keras' ImageNet
+``dcgan.domain_classifier``) or, with ``metrics.features=inception``, of Keras' ImageNet
 InceptionV3. The formulas live in ``dcgan.metrics``; this module feeds them.
 """
 
@@ -17,6 +17,7 @@ import tensorflow as tf
 from dcgan import metrics
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
+from dcgan.domain_classifier import classifier_for
 from dcgan.errors import UserError
 
 QUALITY_KEYS = ("fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
@@ -72,8 +73,6 @@ def feature_space(config: Config, prepared: Path, manifest: dict) -> FeatureSpac
     no class labels (the metrics are then skipped, with a warning)."""
     if config.metrics.features == "inception":
         return inception_space(manifest["normalization"]["range"])
-    from dcgan.stages.classifier import classifier_for  # the stage module imports this one
-
     classifier = classifier_for(config, prepared, manifest)
     return None if classifier is None else FeatureSpace(classifier[0], manifest["normalization"]["range"], accuracy=classifier[1])
 

@@ -30,7 +30,7 @@ from dcgan.models.layers import standard_copy
 from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.precision import resolve_precision, set_precision
 from dcgan.quality import Scorer, generate
-from dcgan.stages.prepare import prepared_dataset
+from dcgan.data.prepare import prepared_dataset
 
 log = logging.getLogger(__name__)
 

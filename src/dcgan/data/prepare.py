@@ -1,4 +1,5 @@
-"""The prepare stage: a source (IDX files or an image folder) -> resized uint8 TFRecord shards."""
+"""Preparing data (the prepare stage, and training's "prepare if missing"): a source (IDX
+files or an image folder) -> resized uint8 TFRecord shards."""
 
 from __future__ import annotations
 

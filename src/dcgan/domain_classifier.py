@@ -1,4 +1,5 @@
-"""The classifier stage: a domain classifier per prepared dataset, the feature extractor of
+"""The domain classifier per prepared dataset (the classifier stage, and the quality
+metrics' "train it if missing"): the feature extractor of
 the quality metrics, cached in ``paths.classifier_dir/<data.name>`` and retrained only
 when the prepared data or ``metrics.classifier`` settings change."""
 
@@ -16,7 +17,7 @@ from dcgan.config import ClassifierConfig, Config, flatten, to_dict
 from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
 from dcgan.files import check_writable, write_json
 from dcgan.models.classifier import build_classifier, with_features
-from dcgan.stages.prepare import prepared_dataset
+from dcgan.data.prepare import prepared_dataset
 
 log = logging.getLogger(__name__)
 
