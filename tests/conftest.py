@@ -117,13 +117,18 @@ def tiny_prepared(tmp_path_factory) -> Config:
     return config
 
 
+def subprocess_env() -> dict[str, str]:
+    """This environment for a project process, minus a tracking URI of the caller's: the
+    process uses the MLflow store of the folder it runs in."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
 def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``src/<stage>.py`` as a user would, in ``cwd`` (its MLflow store: ``cwd/mlflow.db``)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
         [sys.executable, str(REPO / "src" / f"{stage}.py"), *overrides],
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -149,8 +154,7 @@ class Training:
 
     def __init__(self, workdir: Path, *overrides: str):
         self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env["PYTHONUNBUFFERED"] = "1"
+        env = {**subprocess_env(), "PYTHONUNBUFFERED": "1"}
         with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err

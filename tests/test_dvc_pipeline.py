@@ -13,7 +13,7 @@ import yaml
 from dvc.utils.hydra import compose_and_dump
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ TINY = ["+experiment=tiny", "data.limit=256"]
 
 
 def dvc_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = subprocess_env()
     env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"  # stage commands run `python`
     return env
 
@@ -100,6 +100,25 @@ def test_repro_runs_the_pipeline_then_nothing(project):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=project)
 
 
+def stages_to_rerun(project: Path) -> list[str]:
+    status = json.loads(sh("dvc", "status", "--json", cwd=project))
+    return sorted(name.split(":")[-1] for name in status)
+
+
+def test_status_lists_only_the_stages_that_read_a_change(project):
+    viz = project / "src/dcgan/viz.py"
+    original = viz.read_text()
+    viz.write_text(original + "\n# edited\n")  # how figures are drawn: evaluate only
+    assert stages_to_rerun(project) == ["evaluate"]
+    viz.write_text(original)
+    set_param(project, "evaluate.grid_size", 4)
+    assert stages_to_rerun(project) == ["evaluate"]
+    sh("git", "checkout", "params.yaml", cwd=project)
+    set_param(project, "tracking.experiment", "renamed")  # names only new runs
+    assert stages_to_rerun(project) == []
+    sh("git", "checkout", "params.yaml", cwd=project)
+
+
 PIPELINE_OUTPUTS = (
     "models/generator.keras", "models/generator_best.keras", "models/discriminator.keras", "models/run.json",
     "reports/train_history.csv", "reports/train_metrics.json", "reports/samples/epoch_0001.png", "reports/metrics.json",
@@ -135,7 +154,7 @@ def test_param_changes_of_every_class_complete_and_so_does_a_rerun_after_a_faile
     # After a finished repro (the previous test's), one change per class of docs/reproducibility.md:
     for key, value in (
         ("metrics.train_samples", 150),  # the scores: the best and final generators are rescored
-        ("tracking.experiment", "renamed"),  # no effect on the run: outputs rebuilt from its state
+        ("train.keep_checkpoints", 3),  # no effect on the run: outputs rebuilt from its state
         ("data.shards", 3),  # the same records in other files: prepare reruns, training does not
     ):
         set_param(project, key, value)

@@ -77,6 +77,13 @@ def feature_space(config: Config, prepared: Path, manifest: dict) -> FeatureSpac
     return None if classifier is None else FeatureSpace(classifier[0], manifest["normalization"]["range"], accuracy=classifier[1])
 
 
+def scorer_for(config: Config, prepared: Path, manifest: dict, count: int) -> Scorer | None:
+    """A scorer of ``count`` samples against the test split in the configured feature space
+    (training the domain classifier first if needed); None for data without class labels."""
+    space = feature_space(config, prepared, manifest)
+    return None if space is None else Scorer(space, config, prepared, manifest, count)
+
+
 class Scorer:
     """The real test split's features, computed once, and scores of generated images against them."""
 

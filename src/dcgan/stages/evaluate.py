@@ -62,11 +62,6 @@ def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
     return [iio.imread(path) for path in paths]
 
 
-def _quality(config: Config, prepared: Path, manifest: dict, count: int) -> Scorer | None:
-    space = quality.feature_space(config, prepared, manifest)
-    return None if space is None else Scorer(space, config, prepared, manifest, count)
-
-
 def _confidence_grids(scorer: Scorer, fake: np.ndarray, manifest: dict, figures: Path, columns: int) -> None:
     """The generated samples the classifier is most and least sure of (mode collapse and
     garbage show up here first)."""
@@ -117,7 +112,7 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     frames = frames.reshape(len(walks), 16, *frames.shape[1:])
     viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
 
-    scorer = _quality(config, prepared, manifest, len(real))
+    scorer = quality.scorer_for(config, prepared, manifest, len(real))
     if scorer is not None:
         scores.update(scorer.score(fake))
         if scorer.space.accuracy is not None:

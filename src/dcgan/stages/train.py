@@ -236,13 +236,6 @@ def _rescore(state: RunState, scoring: dict, gan: GAN, scorer: Scorer | None, no
             state.best = {"epoch": last["epoch"], "fid": last["fid"]}
 
 
-def _progress_scorer(config: Config, prepared: Path, manifest: dict) -> Scorer | None:
-    if not config.metrics.every:
-        return None
-    space = quality.feature_space(config, prepared, manifest)
-    return None if space is None else Scorer(space, config, prepared, manifest, config.metrics.train_samples)
-
-
 def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the final epoch's metrics."""
     split_cpu(config.train.cpu_devices)  # before TensorFlow starts
@@ -258,7 +251,8 @@ def train(config: Config) -> dict:
 
 def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) -> dict:
     schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
-    scorer = _progress_scorer(config, prepared, manifest)  # may train the classifier: before seeding
+    # In-training scores; may train the domain classifier, so before seeding.
+    scorer = quality.scorer_for(config, prepared, manifest, config.metrics.train_samples) if config.metrics.every else None
     precision = resolve_precision(config.train.precision)  # may time a probe once per machine: before seeding
 
     seed_everything(config)
