@@ -57,6 +57,9 @@ def test_params_yaml_is_the_composed_conf():
         ("metrics.classifier.min_steps=-1", "config key metrics.classifier.min_steps: must be at least 0, got -1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
         ("evaluate.grid_size=101", "config key evaluate.grid_size: a 101x101 grid needs more than evaluate.num_samples=10000"),
+        ("train.sample_seed=-1", "config key train.sample_seed: must be in 0..4294967295 (2**32 - 1), got -1"),
+        ("evaluate.seed=4294967296", "config key evaluate.seed: must be in 0..4294967295"),
+        ("metrics.classifier.seed=-3", "config key metrics.classifier.seed: must be in 0..4294967295"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
