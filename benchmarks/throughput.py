@@ -42,7 +42,8 @@ from dcgan.errors import TrainingDiverged
 from dcgan.precision import cache_file, resolve_precision
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.data.prepare import prepared_dataset
-from dcgan.stages.train import Schedule, build_gan, train
+from dcgan.resume import Schedule
+from dcgan.stages.train import build_gan, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,7 +212,7 @@ def main() -> None:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
         prepared, manifest = prepared_dataset(config)
         # The setup's own cadence, before the timed runs set theirs.
-        round_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
+        round_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_round
         metrics_every = config.metrics.every
         images, _ = load_images(prepared, manifest, "train", 60000)
         generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])

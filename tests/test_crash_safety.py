@@ -101,7 +101,7 @@ def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
     run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", cwd=tmp_path)
     longer = run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", "train.epochs=2", cwd=tmp_path)
     assert "differs in: train.total_steps); starting over" in longer.stdout + longer.stderr
-    assert _state(tmp_path)["epoch"] == 2
+    assert _state(tmp_path)["rounds"] == 2
 
 
 def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
@@ -115,7 +115,7 @@ def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
     refused = last_line_error(run_stage("train", *TINY, "data.limit=128", "train.epochs=2", cwd=tmp_path, check=False))
     assert refused.startswith("error: models/checkpoints: the checkpoint was trained on other data")
     assert refused.endswith("rerun with train.resume=never to start over on the new data")
-    assert _state(tmp_path)["epoch"] == 1  # the checkpoint is left alone
+    assert _state(tmp_path)["rounds"] == 1  # the checkpoint is left alone
 
     run_stage("train", *TINY, "data.limit=128", "train.resume=never", cwd=tmp_path)
     mismatch = last_line_error(

@@ -78,7 +78,7 @@ def test_lowering_the_length_of_a_finished_run_is_refused_and_bad_state_is_one_l
         "(train.epochs / train.iterations); ask for at least 16 steps to keep it, or rerun with train.resume=never "
         "to start over (discarding it)"
     )
-    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["epoch"] == 2
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
 
     (workdir / "models/checkpoints/state.json").write_text("{not json")
     error = last_line_error(run_stage("train", *TINY, cwd=workdir, check=False))
@@ -148,7 +148,7 @@ def test_damaged_prepared_data_is_caught_before_any_work(workdir):
             "rerun prepare (dvc repro prepare, or python src/prepare.py)"
         )
     assert mlflow_client(workdir).get_run(run_id).info.status == "FINISHED"  # not flipped to FAILED
-    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["epoch"] == 2
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
 
     shard.write_bytes(original)
     manifest_path = prepared / "manifest.json"

@@ -1,9 +1,9 @@
 """Keras callbacks for a training run: throughput, sample grids, MLflow metrics, checkpoints.
 
-They run in the order ``fit`` is given them and share one ``logs`` dict per epoch, so
-``Throughput`` adds ``images_per_sec`` before the others read it, and ``Checkpointer``
-(last) commits an epoch only after its grid and metrics are written. A Keras "epoch" is
-one round of ``steps_per_epoch`` steps between checkpoints (see ``stages.train.Schedule``).
+A Keras "epoch" here is a round: the ``steps_per_round`` steps between checkpoints (see
+``dcgan.resume``). The callbacks run in the order ``fit`` is given them and share one
+``logs`` dict per round, so ``Throughput`` adds ``images_per_sec`` before the others read
+it, and ``Checkpointer`` (last) commits a round only after its grid and metrics are written.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ class Throughput(keras.callbacks.Callback):
         self.round_starts: list[float] = []
         self.step_seconds: list[float] = []
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, round_index, logs=None):
         self.round_starts.append(time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps = batch + 1  # a resumed round may be shorter than the others
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, round_index, logs=None):
         seconds = time.perf_counter() - self.round_starts[-1]
         self.step_seconds.append(seconds)
         logs["epoch_seconds"] = seconds
@@ -60,7 +60,7 @@ class Throughput(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """After every epoch, render the same fixed noise into ``samples_dir/epoch_NNNN.png``."""
+    """After every round, render the same fixed noise into ``samples_dir/epoch_NNNN.png``."""
 
     def __init__(self, noise: np.ndarray, columns: int, manifest: dict, samples_dir: Path):
         super().__init__()
@@ -69,9 +69,9 @@ class SampleGrid(keras.callbacks.Callback):
         self.manifest = manifest
         self.samples_dir = samples_dir
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, round_index, logs=None):
         images = to_uint8(self.model.sampler(self.noise, training=False), self.manifest)
-        path = self.samples_dir / f"epoch_{epoch + 1:04d}.png"
+        path = self.samples_dir / f"epoch_{round_index + 1:04d}.png"
         viz.save_png(path, viz.upscale(viz.grid(images, self.columns), 4))
         mlflow.log_artifact(str(path), artifact_path="samples")
 
@@ -80,27 +80,27 @@ class QualityMonitor(keras.callbacks.Callback):
     """Every ``every`` rounds and after the last, score samples of fixed noise against the
     real test split (FID & co. on a smaller sample than ``evaluate``), as ``progress/<key>``."""
 
-    def __init__(self, scorer: Scorer, noise: np.ndarray, every: int, last_epoch: int):
+    def __init__(self, scorer: Scorer, noise: np.ndarray, every: int, last_round: int):
         super().__init__()
         self.scorer = scorer
         self.noise = noise
         self.every = every
-        self.last_epoch = last_epoch
+        self.last_round = last_round
 
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every and epoch + 1 != self.last_epoch:
+    def on_epoch_end(self, round_index, logs=None):
+        if (round_index + 1) % self.every and round_index + 1 != self.last_round:
             return
         scores = self.scorer.score(generate(self.model.sampler, self.noise))
         logs.update({PROGRESS + key: value for key, value in scores.items()})
 
 
 class MLflowMetrics(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch + 1)
+    def on_epoch_end(self, round_index, logs=None):
+        mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=round_index + 1)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    """The per-epoch metrics as CSV, the file ``dvc plots`` draws."""
+    """The per-round metrics as CSV, the file ``dvc plots`` draws."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -141,19 +141,19 @@ class Checkpointer(keras.callbacks.Callback):
     restarts (after Keras has reset them), so its logged means cover all of its steps.
     """
 
-    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_epoch: int,
+    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_round: int,
                  stop: StopSignals, resumed_metrics: list | None = None):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
         self.history_path = history_path
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_round = steps_per_round
         self.stop = stop
         self.resumed_metrics = resumed_metrics
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, round_index, logs=None):
         self.round_start = self.state.step
-        self.round_end = (epoch + 1) * self.steps_per_epoch
+        self.round_end = (round_index + 1) * self.steps_per_round
         if self.resumed_metrics is not None:
             for variable, value in zip(self.model.metrics_variables, self.resumed_metrics):
                 variable.assign(value)
@@ -181,18 +181,18 @@ class Checkpointer(keras.callbacks.Callback):
             f"{self.checkpoints.folder}; rerun the same command to resume",
         )
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, round_index, logs=None):
         row = {
-            "epoch": epoch + 1,
-            "iteration": (epoch + 1) * self.steps_per_epoch,
+            "epoch": round_index + 1,
+            "iteration": (round_index + 1) * self.steps_per_round,
             **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[2:] if key in logs},
             **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
         if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
             save_model(self.model.sampler, self.checkpoints.best_generator)
             self.state.best = {"epoch": row["epoch"], "fid": row["fid"]}
-        self.state.history = [r for r in self.state.history if r["epoch"] <= epoch] + [row]
-        self.state.epoch = epoch + 1
+        self.state.history = [r for r in self.state.history if r["epoch"] <= round_index] + [row]
+        self.state.rounds = round_index + 1
         self.state.step = row["iteration"]
         write_history(self.history_path, self.state.history)
         self.checkpoints.save(self.model.state_variables(), self.state)

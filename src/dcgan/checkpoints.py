@@ -1,4 +1,4 @@
-"""Per-round training checkpoints that a rerun resumes from.
+"""Per-round training checkpoints that a rerun resumes from (``dcgan.resume`` decides whether).
 
 A checkpoint is ``ckpt-<step>.npz``: every variable of the model, both optimizers and the
 loss trackers (RNG states included, so a resumed run continues exactly) and the run's
@@ -38,7 +38,7 @@ class RunState:
     """What ``state.json`` records about the run a checkpoint belongs to."""
 
     identity: dict  # the run-defining settings (config.run_identity) plus the data digest
-    epoch: int = 0  # rounds (Keras epochs) completed
+    rounds: int = 0  # rounds (Keras epochs) completed
     step: int = 0  # optimizer steps completed; past the last round's end after a stop signal
     checkpoint: Optional[str] = None  # file name of the latest complete checkpoint
     mlflow_run_id: Optional[str] = None
@@ -52,7 +52,9 @@ class RunState:
 
 def _state_from(text: str, source: Path) -> RunState:
     try:
-        return RunState(**json.loads(text))
+        fields = json.loads(text)
+        fields.setdefault("rounds", fields.pop("epoch", 0))  # its name before 2026-12
+        return RunState(**fields)
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{source}: unreadable checkpoint state ({str(exc)[:120]}); {START_OVER}") from None
 

@@ -41,40 +41,27 @@ class SkipNonFiniteSteps(keras.optimizers.LossScaleOptimizer):
 
 
 class GAN(keras.Model):
-    """Generator and discriminator updated together from one forward pass per step.
+    """A DCGAN trained by ``fit``: each step draws one noise batch and updates both networks
+    from the same forward pass (the TensorFlow DCGAN tutorial's step).
 
-    As in the TensorFlow DCGAN tutorial, each step draws one noise batch and applies both
-    gradient updates from the same forward pass. With ``joint_batch`` the discriminator
-    scores real and generated images as one batch, as in the keras-io DCGAN, whose
-    BatchNorm discriminator, fed them separately, tells them apart by batch statistics
-    alone and overpowers G. Otherwise it scores them in two calls, as the TF tutorial and
-    pytorch/examples' dcgan do: G's loss is not backpropagated through D's real half (about
-    8% of an fp32 step for the tutorial networks), and Radford et al.'s BatchNorm D learns
-    far better from separate batches (measured on 32 px MNIST: FID 139 vs 299 after two
-    epochs).
+    Options (the papers; what each changes is measured in docs/history.md):
+    - ``loss_fn``: binary cross-entropy on D's logits or, ``from_logits=False``, its sigmoid.
+    - ``joint_batch``: D scores real and generated images as one batch (keras-io's DCGAN,
+      for BatchNorm Ds that would otherwise tell the halves apart by batch statistics);
+      else in two calls (the TF tutorial, pytorch/examples' dcgan; Radford et al. 2016).
+    - ``label_smoothing``: D's target for real images is 1 - label_smoothing (one-sided,
+      Salimans et al. 2016, "Improved Techniques for Training GANs").
+    - ``label_noise``: both targets move inward by u ~ U(0, label_noise) per sample.
+    - ``ema_decay``: ``sampler`` (samples, scores, the saved generator) holds an exponential
+      moving average of G's weights (Yazici et al. 2019, "The Unusual Effectiveness of
+      Averaging in GAN Training"); 0: a copy of the weights.
+    - ``r1_gamma``, ``r1_interval``: D's loss gains gamma / 2 * E|grad_x D(x)|^2 on real
+      images (Mescheder et al. 2018, "Which Training Methods for GANs do actually
+      Converge?"), applied every ``r1_interval`` steps with gamma scaled to match (lazy R1,
+      StyleGAN2, Karras et al. 2020).
 
-    Logged per epoch: ``d_loss``, ``g_loss``, the discriminator's mean probability on
-    real images (``d_real``, D(x)) and on generated ones (``d_fake``, D(G(z))), and under
-    mixed precision the updates skipped so far for non-finite gradients (``skipped_steps``,
-    both networks together; see ``SkipNonFiniteSteps``). The
-    discriminator ends in logits or in a sigmoid, as ``loss_fn.from_logits`` says.
-    D's target for real images is ``1 - label_smoothing`` (one-sided label smoothing,
-    Salimans et al. 2016, "Improved Techniques for Training GANs"; generated images keep
-    0, which keeps D from rewarding G's mistakes). With ``label_noise`` > 0 both targets
-    move further inward at random (real minus u, fake plus u, u ~ U(0, label_noise)).
-
-    Samples, quality scores and the saved generator come from ``sampler``: a copy of the
-    generator in plain Keras layers, updated after every step. With ``ema_decay`` > 0 it
-    holds an exponential moving average of the generator's weights (Yazici et al. 2019,
-    "The Unusual Effectiveness of Averaging in GAN Training"); with 0, the weights
-    themselves.
-
-    With ``r1_gamma`` > 0 the discriminator's loss gains the R1 penalty (Mescheder et al.
-    2018, "Which Training Methods for GANs do actually Converge?"): gamma / 2 times the mean
-    squared norm of the gradient of D's output (its logit, or its probability for a sigmoid
-    D) with respect to the real images. As in
-    StyleGAN2 (Karras et al. 2020) it is applied lazily, every ``r1_interval`` steps with
-    gamma scaled by the interval, so it costs a fraction of a double backward pass per step.
+    Logged: ``d_loss``, ``g_loss``, D's mean probability on real (``d_real``) and generated
+    (``d_fake``) images, and under mixed precision ``skipped_steps`` (``SkipNonFiniteSteps``).
     """
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, label_noise: float = 0.0,
@@ -102,13 +89,6 @@ class GAN(keras.Model):
         self.loss_fn = loss_fn
         self.probability = tf.sigmoid if loss_fn.from_logits else tf.identity
 
-    def _targets(self, real: bool, like: tf.Tensor) -> tf.Tensor:
-        targets = tf.fill(tf.shape(like), 1.0 - self.label_smoothing if real else 0.0)
-        if not self.label_noise:
-            return targets
-        jitter = self.label_noise * keras.random.uniform(tf.shape(like), seed=self.seed_generator)
-        return targets - jitter if real else targets + jitter
-
     @property
     def metrics(self):
         return list(self.trackers.values())
@@ -117,58 +97,63 @@ class GAN(keras.Model):
         return self.generator(noise, training=training)
 
     def train_step(self, real_images):
-        batch_size = tf.shape(real_images)[0]
-        # Under a mirrored strategy each replica gets its share of the batch; the replicas
-        # share one RNG state, so each takes its own slice of one global noise batch.
-        replica = tf.distribute.get_replica_context()
-        replicas, index = (replica.num_replicas_in_sync, replica.replica_id_in_sync_group) if replica else (1, 0)
-        noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
-        noise = noise[index * batch_size : (index + 1) * batch_size]
+        noise = self._noise(tf.shape(real_images)[0])
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            # Generate, and let D score both halves.
             fake_images = self.generator(noise, training=True)
-            if self.joint_batch:
-                scores = self.discriminator(tf.concat([real_images, fake_images], axis=0), training=True)
-                real_out, fake_out = scores[:batch_size], scores[batch_size:]
-            else:
-                real_out = self.discriminator(real_images, training=True)
-                fake_out = self.discriminator(fake_images, training=True)
+            real_out, fake_out = self._discriminate(real_images, fake_images)
+            # G wants its images scored real; D wants each half scored as what it is.
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
             d_loss = self.loss_fn(self._targets(True, real_out), real_out) + self.loss_fn(self._targets(False, fake_out), fake_out)
             # The identity except under mixed_float16's loss scaling, which the optimizer undoes.
             scaled_g_loss, scaled_d_loss = self.g_optimizer.scale_loss(g_loss), self.d_optimizer.scale_loss(d_loss)
+        # Both networks' gradients from the one forward pass; D's with the R1 penalty's added.
         g_grads = g_tape.gradient(scaled_g_loss, self.generator.trainable_weights)
         d_grads = d_tape.gradient(scaled_d_loss, self.discriminator.trainable_weights)
         if self.r1_gamma:
-            penalty_grads = tf.cond(
-                self.d_optimizer.iterations % self.r1_interval == 0,
-                lambda: self._r1_gradients(real_images),
-                lambda: [tf.zeros_like(weight) for weight in self.discriminator.trainable_weights],
-            )
-            d_grads = [grad + penalty for grad, penalty in zip(d_grads, penalty_grads)]
+            d_grads = [grad + penalty for grad, penalty in zip(d_grads, self._lazy_r1_gradients(real_images))]
+        # Apply both updates, then move the sampler towards the new generator.
         self.g_optimizer.apply(g_grads, self.generator.trainable_weights)
         self.d_optimizer.apply(d_grads, self.discriminator.trainable_weights)
-        # In cross-replica context, where one assignment updates every replica's copy.
-        if replica:
-            replica.merge_call(lambda _: self._update_sampler())
-        else:
-            self._update_sampler()
+        self._update_sampler()
+        return self._logs(d_loss, g_loss, real_out, fake_out)
 
-        # Keras divides losses by the replica count (gradients are summed over replicas);
-        # the logged values are per-sample means again.
-        self.trackers["d_loss"].update_state(d_loss * replicas)
-        self.trackers["g_loss"].update_state(g_loss * replicas)
-        self.trackers["d_real"].update_state(tf.reduce_mean(self.probability(real_out)))
-        self.trackers["d_fake"].update_state(tf.reduce_mean(self.probability(fake_out)))
-        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-        skipping = [opt.skipped_steps for opt in (self.d_optimizer, self.g_optimizer) if isinstance(opt, SkipNonFiniteSteps)]
-        if skipping:
-            logs["skipped_steps"] = tf.add_n(skipping)
-        return logs
+    def _noise(self, batch_size: tf.Tensor) -> tf.Tensor:
+        """This replica's latent batch. The replicas of a mirrored strategy share one RNG
+        state, so each takes its own slice of one global noise batch."""
+        replicas, index = _replica_count_and_index()
+        noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
+        return noise[index * batch_size : (index + 1) * batch_size]
+
+    def _discriminate(self, real_images: tf.Tensor, fake_images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """D's outputs on the real and the generated batch: one call with ``joint_batch``,
+        else two."""
+        if not self.joint_batch:
+            return self.discriminator(real_images, training=True), self.discriminator(fake_images, training=True)
+        scores = self.discriminator(tf.concat([real_images, fake_images], axis=0), training=True)
+        batch_size = tf.shape(real_images)[0]
+        return scores[:batch_size], scores[batch_size:]
+
+    def _targets(self, real: bool, like: tf.Tensor) -> tf.Tensor:
+        """D's targets: 1 - label_smoothing for real images, 0 for generated ones, each moved
+        inward by U(0, label_noise)."""
+        targets = tf.fill(tf.shape(like), 1.0 - self.label_smoothing if real else 0.0)
+        if not self.label_noise:
+            return targets
+        jitter = self.label_noise * keras.random.uniform(tf.shape(like), seed=self.seed_generator)
+        return targets - jitter if real else targets + jitter
+
+    def _lazy_r1_gradients(self, real_images: tf.Tensor) -> list:
+        """The R1 penalty's gradients every ``r1_interval`` steps, zeros between."""
+        return tf.cond(
+            self.d_optimizer.iterations % self.r1_interval == 0,
+            lambda: self._r1_gradients(real_images),
+            lambda: [tf.zeros_like(weight) for weight in self.discriminator.trainable_weights],
+        )
 
     def _r1_gradients(self, real_images: tf.Tensor) -> list:
-        """Gradients of the (loss-scaled) lazy R1 penalty with respect to D's weights."""
-        replica = tf.distribute.get_replica_context()
-        replicas = replica.num_replicas_in_sync if replica else 1
+        """Gradients of the (loss-scaled) R1 penalty with respect to D's weights."""
+        replicas, _ = _replica_count_and_index()
         with tf.GradientTape() as weights_tape:
             with tf.GradientTape() as images_tape:
                 images_tape.watch(real_images)
@@ -184,13 +169,38 @@ class GAN(keras.Model):
         return [tf.zeros_like(weight) if grad is None else grad for grad, weight in zip(grads, weights)]
 
     def _update_sampler(self) -> None:
+        """Move the sampler's weights towards the generator's (an EMA, or a plain copy)."""
+        replica = tf.distribute.get_replica_context()
+        if replica:  # to cross-replica context, where one assignment updates every replica's copy
+            replica.merge_call(lambda _: self._update_sampler())
+            return
         # tf.train.ExponentialMovingAverage's warm-up: early averages forget the random init.
         step = tf.cast(self.g_optimizer.iterations, "float32")
         decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
         for average, current in zip(self.sampler.variables, self.generator.variables):
             average.assign(decay * average + (1.0 - decay) * current)
 
+    def _logs(self, d_loss: tf.Tensor, g_loss: tf.Tensor, real_out: tf.Tensor, fake_out: tf.Tensor) -> dict:
+        """The running means ``fit`` reports, and the updates skipped so far."""
+        # Keras divides losses by the replica count (gradients are summed over replicas);
+        # the logged values are per-sample means again.
+        replicas, _ = _replica_count_and_index()
+        self.trackers["d_loss"].update_state(d_loss * replicas)
+        self.trackers["g_loss"].update_state(g_loss * replicas)
+        self.trackers["d_real"].update_state(tf.reduce_mean(self.probability(real_out)))
+        self.trackers["d_fake"].update_state(tf.reduce_mean(self.probability(fake_out)))
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        skipping = [opt.skipped_steps for opt in (self.d_optimizer, self.g_optimizer) if isinstance(opt, SkipNonFiniteSteps)]
+        if skipping:
+            logs["skipped_steps"] = tf.add_n(skipping)
+        return logs
+
     def state_variables(self) -> list:
         """Every variable a resumed run needs: weights, BN statistics, RNG states, optimizer
         slots and the loss trackers' running totals."""
         return [*self.variables, *self.d_optimizer.variables, *self.g_optimizer.variables, *self.metrics_variables]
+
+
+def _replica_count_and_index() -> tuple[int, int]:
+    replica = tf.distribute.get_replica_context()
+    return (replica.num_replicas_in_sync, replica.replica_id_in_sync_group) if replica else (1, 0)

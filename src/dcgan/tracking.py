@@ -130,7 +130,7 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     """Open the training's run: a new one, or ``run_id`` again when resuming.
 
     Params are immutable in MLflow, so a resumed run keeps its original ones; the tag
-    ``train.epochs`` follows the epoch count it is currently asked to reach.
+    ``train.epochs`` follows the length it is currently asked to reach.
     """
     try:
         run_id = _existing_run(run_id)
@@ -168,11 +168,11 @@ def log_precision(precision: Precision) -> None:
     mlflow.set_tags({"precision": precision.policy, "precision.source": precision.source, **probe})
 
 
-def log_generator(generator, latent_dim: int, epoch: int) -> None:
+def log_generator(generator, latent_dim: int, round_number: int) -> None:
     """Log the generator as an MLflow model whose signature is noise -> images, tagged
-    with the epoch it was trained to (a resumed run logs one model per invocation)."""
+    with the round it was trained to (a resumed run logs one model per invocation)."""
     noise = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
     signature = mlflow.models.infer_signature(noise, np.asarray(generator(noise, training=False)))
     mlflow.tensorflow.log_model(
-        generator, name="generator", signature=signature, input_example=noise, step=epoch, tags={"epoch": str(epoch)}
+        generator, name="generator", signature=signature, input_example=noise, step=round_number, tags={"epoch": str(round_number)}
     )

@@ -1,0 +1,185 @@
+"""Resuming a training run, all in one place: the run's rounds, what makes a checkpoint the
+same run, the decision to resume or start over, and where a resumed run picks up (its
+position in the data, the running means of a round cut short).
+
+A round is the stretch of steps between two checkpoints and sample grids: one pass over the
+data by default, ``train.interval`` steps or ``train.interval_epochs`` passes when set.
+Keras' ``fit`` calls a round an epoch, and so do the outputs that predate the option
+(``history.csv``'s ``epoch`` column, ``samples/epoch_NNNN.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from dcgan import tracking
+from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
+from dcgan.config import Config, run_identity, scoring_identity
+from dcgan.errors import UserError
+from dcgan.files import save_model
+from dcgan.paths import TrainOutputs
+from dcgan.quality import Scorer, generate
+
+log = logging.getLogger(__name__)
+
+DATA_DIGEST = "data.content_sha256"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``rounds`` rounds of ``steps_per_round`` steps; ``train.iterations`` (steps) replaces
+    ``train.epochs`` (passes) as the length."""
+
+    steps_per_round: int
+    rounds: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.rounds * self.steps_per_round
+
+    @classmethod
+    def of(cls, config: Config, train_count: int, prepared: Path) -> "Schedule":
+        train = config.train
+        per_pass = train_count // train.batch_size
+        if per_pass == 0:
+            raise UserError(f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in {prepared}")
+        interval = train.interval or (train.interval_epochs or 1) * per_pass
+        total = train.iterations or train.epochs * per_pass
+        if total % interval:
+            key = "train.iterations" if train.iterations else "train.epochs"
+            setting = "train.interval" if train.interval else "train.interval_epochs"
+            raise UserError(f"config key {setting}: {interval} steps do not divide the {total} steps of {key}")
+        return cls(interval, total // interval)
+
+
+def identity_of(config: Config, manifest: dict, schedule: Schedule) -> dict:
+    """What a checkpoint must match to be this run: the run-defining settings and the data's
+    content (and, with decaying learning rates, the run's length, which sets them)."""
+    identity = {**run_identity(config), DATA_DIGEST: manifest["content_sha256"]}
+    if config.train.lr_decay:
+        identity["train.total_steps"] = schedule.total_steps
+    return identity
+
+
+def resume_or_start(config: Config, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir,
+                    out: TrainOutputs) -> RunState:
+    """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
+    discards the old checkpoint, grids and best generator and marks the MLflow run of a
+    killed process KILLED (this process holds the folder's lock: nothing else runs it)."""
+    try:
+        state = checkpoints.load_state()
+    except UserError:
+        if config.train.resume != "never":
+            raise
+        state = None
+    if state is not None and state.checkpoint is not None:
+        reason = _why_start_over(state, identity, config, schedule.total_steps, checkpoints.folder)
+        if reason is None:
+            state = checkpoints.restore(gan.state_variables(), state)
+            log.info("resuming from %s after round %d (step %d)", checkpoints.folder / state.checkpoint, state.rounds, state.step)
+            return state
+        log.warning(reason)
+    elif config.train.resume == "always":
+        raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
+    for run_id in {state.mlflow_run_id if state else None, _recorded_run_id(out.run_info)}:
+        tracking.end_abandoned_run(run_id)
+    checkpoints.clear()
+    shutil.rmtree(out.samples, ignore_errors=True)
+    out.best_generator.unlink(missing_ok=True)
+    return RunState(identity=identity)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+def _why_start_over(state: RunState, identity: dict, config: Config, total_steps: int, folder: Path) -> str | None:
+    """Why the checkpoint ``state`` cannot be resumed (None: resume it). Refuses (raises)
+    where starting over would discard work the user may not mean to lose."""
+    changed = _differences(state.identity, identity)
+    resume = config.train.resume
+    if resume == "never":
+        return f"train.resume=never: discarding the checkpoint in {folder}"
+    if changed == [DATA_DIGEST]:
+        raise UserError(
+            f"{folder}: the checkpoint was trained on other data (the prepared data's content changed since: "
+            f"sha256 {str(state.identity.get(DATA_DIGEST))[:12]} -> {identity[DATA_DIGEST][:12]}); "
+            "rerun with train.resume=never to start over on the new data"
+        )
+    if changed and resume == "always":
+        key = changed[0]
+        raise UserError(
+            f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {folder} "
+            f"({state.identity.get(key)!r}" + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "") + ")"
+        )
+    if changed in ([], ["train.total_steps"]) and state.step > total_steps:
+        raise UserError(
+            f"{folder}: holds a run trained for {state.step} steps ({state.rounds} rounds), more than the {total_steps} "
+            f"asked for (train.epochs / train.iterations); ask for at least {state.step} steps to keep it, or {START_OVER} (discarding it)"
+        )
+    if changed:
+        return f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
+    return None
+
+
+def _recorded_run_id(run_info: Path) -> str | None:
+    try:
+        return json.loads(run_info.read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def rescore_if_changed(config: Config, state: RunState, schedule: Schedule, gan: keras.Model, scorer: Scorer | None,
+                       noise: np.ndarray, checkpoints: CheckpointDir) -> None:
+    """After a change of metrics.*: score the best generator (and, for a run with nothing
+    left to train, the last) again, so the best round and the final scores are current;
+    the earlier rounds' rows in the history keep the scores of their time."""
+    scoring = scoring_identity(config)
+    previous, state.scoring = state.scoring, scoring
+    if previous is None or previous == scoring or not state.history:
+        return
+    changed = ", ".join(_differences(previous, scoring))
+    if scorer is None:
+        log.warning("metrics settings changed since the checkpoint (%s); with no in-training scores now, "
+                    "the history keeps its old ones", changed)
+        return
+    complete = state.step >= schedule.total_steps
+    log.warning("metrics settings changed since the checkpoint (%s): rescoring the best%s generator; "
+                "earlier rows of the history keep their old scores", changed, " and the last" if complete else "")
+    if state.best is not None and checkpoints.best_generator.is_file():
+        best = keras.models.load_model(checkpoints.best_generator, compile=False)
+        state.best["fid"] = round(scorer.score(generate(best, noise))["fid"], 6)
+    if complete:
+        last = state.history[-1]
+        last.update({key: round(value, 6) for key, value in scorer.score(generate(gan.sampler, noise)).items()})
+        if state.best is None or last["fid"] < state.best["fid"]:
+            save_model(gan.sampler, checkpoints.best_generator)
+            state.best = {"epoch": last["epoch"], "fid": last["fid"]}
+
+
+def cut_short(state: RunState, schedule: Schedule) -> bool:
+    """Whether a stop signal ended the last invocation inside a round."""
+    return state.step > state.rounds * schedule.steps_per_round
+
+
+def round_means(gan: keras.Model, state: RunState, schedule: Schedule) -> list | None:
+    """The restored loss trackers' totals of a round cut short, which the round's restart
+    must put back after Keras resets them (so its means cover all its steps); else None."""
+    return [variable.numpy() for variable in gan.metrics_variables] if cut_short(state, schedule) else None
+
+
+def fit_calls(state: RunState, schedule: Schedule) -> list[tuple[int, int]]:
+    """The ``fit`` calls still to make, as (rounds to reach, steps per round); a round cut
+    short is finished first by a ``fit`` of its remaining steps, so every step sees the data
+    it would have seen. A call whose rounds are done by the time it comes is skipped."""
+    calls = [(schedule.rounds, schedule.steps_per_round)]
+    if cut_short(state, schedule):
+        calls.insert(0, (state.rounds + 1, (state.rounds + 1) * schedule.steps_per_round - state.step))
+    return calls
