@@ -7,7 +7,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import DEFAULT_ADAM, REPO, compose_config
-from dcgan.config import flatten, run_identity, to_dict, validate
+from dcgan.config import MODEL_SETTINGS, flatten, run_identity, to_dict, validate
+from dcgan.models import ARCHITECTURES
 from dcgan.errors import UserError
 
 
@@ -53,6 +54,12 @@ def test_params_yaml_is_the_composed_conf():
         ("train.r1_interval=0", "config key train.r1_interval: must be at least 1, got 0"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
+        # Each architecture has only the keys it reads.
+        ("+model.max_filters=256", "config key model.max_filters: Key 'max_filters' not in 'TutorialModel'"),
+        ("+model.dropout=0.3 model=dcgan", "config key model.dropout: Key 'dropout' not in 'RadfordModel'"),
+        ("+model.d_blocks=3 model=dcgan_fashion", "config key model.d_blocks: Key 'd_blocks' not in 'DropoutModel'"),
+        ("model=dcgan model.max_filters=32", "config key model.max_filters: must be >= model.filters (64), got 32"),
+        ("model.name=resnet", "config key model.name: unknown architecture 'resnet' (choose from dcgan_mnist, dcgan_fashion"),
         ("metrics.classifier.max_size=4", "config key metrics.classifier.max_size: must be at least 8, got 4"),
         ("metrics.classifier.min_steps=-1", "config key metrics.classifier.min_steps: must be at least 0, got -1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
@@ -64,9 +71,19 @@ def test_params_yaml_is_the_composed_conf():
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(UserError) as error:
-        compose_config([override])
+        compose_config(override.split())
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("architecture", sorted(path.stem for path in (REPO / "conf/model").glob("*.yaml")))
+def test_each_model_option_has_exactly_its_architectures_keys(architecture):
+    config = compose_config([f"model={architecture}"])
+    assert type(config.model) is MODEL_SETTINGS[config.model.name]
+    composed = OmegaConf.to_container(OmegaConf.load(REPO / "conf/model" / f"{architecture}.yaml"))
+    if "defaults" not in composed:  # an option on top of another lists only what it changes
+        assert set(composed) == set(to_dict(config)["model"])
+    assert set(MODEL_SETTINGS) == set(ARCHITECTURES)
 
 
 def test_run_identity_ignores_what_does_not_change_the_run():

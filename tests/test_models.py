@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import TINY, compose_config
 from dcgan import models
 from dcgan.checkpoints import CheckpointDir, RunState
-from dcgan.config import ModelConfig
+from dcgan.config import ModelConfig, TutorialModel
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
@@ -22,11 +22,11 @@ from dcgan.stages.train import build_gan, make_optimizer, train
 
 
 def test_tutorial_architecture_matches_published_counts():
-    generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
+    generator, discriminator = models.build(TutorialModel(), (28, 28, 1), [-1.0, 1.0])
     assert generator.count_params() == 2_330_944
     assert discriminator.count_params() == 212_865
     # One more block: + a 5x5 128->256 convolution (819,456), and the Dense sees 4x4x256.
-    assert models.build(ModelConfig(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
+    assert models.build(TutorialModel(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
     noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
     images = np.asarray(generator(noise, training=False))
     assert images.shape == (3, 28, 28, 1)
@@ -36,7 +36,7 @@ def test_tutorial_architecture_matches_published_counts():
 
 def test_image_size_the_model_cannot_make():
     with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the data is \(32, 32, 1\)"):
-        models.build(ModelConfig(), (32, 32, 1), [-1.0, 1.0])
+        models.build(TutorialModel(), (32, 32, 1), [-1.0, 1.0])
 
 
 def test_train_refuses_a_size_the_model_cannot_make_before_any_data_work(tmp_path):
@@ -293,7 +293,7 @@ def test_rmsprop_decay_matches_keras2():
 def test_label_smoothing_is_one_sided_and_label_noise_moves_both_targets_inward():
     from dcgan.gan import GAN
 
-    generator, discriminator = models.build(ModelConfig(), (28, 28, 1), [-1.0, 1.0])
+    generator, discriminator = models.build(TutorialModel(), (28, 28, 1), [-1.0, 1.0])
     like = tf.zeros((4096, 1))
     smoothed = GAN(generator, discriminator, 100, seed=0, label_smoothing=0.1)
     assert np.all(smoothed._targets(True, like).numpy() == np.float32(0.9))

@@ -89,28 +89,61 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dcgan_mnist"  # entry in dcgan.models.ARCHITECTURES
+    """The keys every architecture reads; each architecture's schema adds its own."""
+
+    name: str = "dcgan_mnist"  # entry in dcgan.models.ARCHITECTURES and MODEL_SETTINGS
     latent_dim: int = 100
     leaky_slope: float = 0.3  # Keras' LeakyReLU default, as in the TF tutorial
-    dropout: float = 0.3
     d_output: str = "logits"  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
-    filters: int = 64  # base width (dcgan, dcgan_fashion, dcgan_rgb128; dcgan_mnist: D's first convolution)
-    d_blocks: int = 2  # dcgan_mnist: strided convolutions in D (2 as in the TF tutorial)
-    max_filters: int = 512  # dcgan: width cap
-    g_activation: str = "relu"  # dcgan: relu (Radford et al.) or leaky_relu
+    filters: int = 64  # base width (dcgan_mnist: D's first convolution)
     d_joint_batch: bool = False  # D scores real and generated images as one batch (see dcgan.gan.GAN)
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
         _require(self.d_output in ("logits", "sigmoid"), "model.d_output", f"must be logits or sigmoid, got {self.d_output!r}")
-        _require(self.filters >= 1 and self.max_filters >= self.filters, "model.filters", "must be >= 1 and <= model.max_filters")
-        _require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
-        _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
+        _require(self.filters >= 1, "model.filters", f"must be at least 1, got {self.filters}")
 
     def d_activation(self) -> Optional[str]:
         return "sigmoid" if self.d_output == "sigmoid" else None
+
+
+@dataclass
+class DropoutModel(ModelConfig):
+    """dcgan_fashion, dcgan_rgb128: a discriminator with dropout after each block."""
+
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TutorialModel(DropoutModel):
+    """dcgan_mnist: the TF tutorial's networks, with a configurable depth of D."""
+
+    d_blocks: int = 2  # strided convolutions in D (2 as in the TF tutorial)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
+
+
+@dataclass
+class RadfordModel(ModelConfig):
+    """dcgan: Radford et al.'s networks for any power-of-two size."""
+
+    max_filters: int = 512  # width cap
+    g_activation: str = "relu"  # relu (Radford et al.) or leaky_relu
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.max_filters >= self.filters, "model.max_filters", f"must be >= model.filters ({self.filters}), got {self.max_filters}")
+        _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
+
+
+MODEL_SETTINGS = {"dcgan_mnist": TutorialModel, "dcgan_fashion": DropoutModel, "dcgan_rgb128": DropoutModel, "dcgan": RadfordModel}
 
 
 @dataclass
@@ -282,7 +315,7 @@ class PathsConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=TutorialModel)  # the schema of model.name (MODEL_SETTINGS)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -291,17 +324,22 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-def _settings(name: str, network: str, raw: Any) -> Any:
-    schema = OmegaConf.structured(OPTIMIZER_SETTINGS[name])
+def _typed(schema: type, raw: Any, prefix: str) -> Any:
+    """``raw`` checked against the dataclass ``schema``; errors name the key under ``prefix``."""
     try:
-        merged = OmegaConf.merge(schema, raw if raw is not None else {})
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw if raw is not None else {})
     except OmegaConfBaseException as exc:
-        raise UserError(f"config key optimizer.{network}.{exc.key}: {_short(exc)}") from None
-    settings = OmegaConf.to_object(merged)
-    _require(settings.learning_rate > 0, f"optimizer.{network}.learning_rate", f"must be positive, got {settings.learning_rate}")
+        raise UserError(f"config key {prefix}.{exc.key}: {_short(exc)}") from None
+    return OmegaConf.to_object(merged)
+
+
+def _optimizer_settings(name: str, network: str, raw: Any) -> Any:
+    key = f"optimizer.{network}"
+    settings = _typed(OPTIMIZER_SETTINGS[name], raw, key)
+    _require(settings.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {settings.learning_rate}")
     if isinstance(settings, RMSpropSettings):
-        _require(settings.clipvalue is None or settings.clipvalue > 0, f"optimizer.{network}.clipvalue", "must be positive or null")
-        _require(settings.decay >= 0, f"optimizer.{network}.decay", f"must be >= 0, got {settings.decay}")
+        _require(settings.clipvalue is None or settings.clipvalue > 0, f"{key}.clipvalue", "must be positive or null")
+        _require(settings.decay >= 0, f"{key}.decay", f"must be >= 0, got {settings.decay}")
     return settings
 
 
@@ -314,6 +352,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     raw = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     raw = OmegaConf.to_container(raw, resolve=True)
     raw.pop("hydra", None)
+    model = raw.pop("model", None) or {}  # each architecture has its own schema, checked below
     optimizer = raw.get("optimizer") or {}
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
@@ -321,10 +360,13 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         raise UserError(f"config key {key}: {_short(exc)}") from None
+    architecture = model.get("name", ModelConfig.name)
+    _require(architecture in MODEL_SETTINGS, "model.name", f"unknown architecture {architecture!r} (choose from {', '.join(MODEL_SETTINGS)})")
+    config.model = _typed(MODEL_SETTINGS[architecture], model, "model")
     name = config.optimizer.name
     _require(name in OPTIMIZER_SETTINGS, "optimizer.name", f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_SETTINGS)})")
     for network in ("generator", "discriminator"):
-        setattr(config.optimizer, network, _settings(name, network, optimizer.get(network)))
+        setattr(config.optimizer, network, _optimizer_settings(name, network, optimizer.get(network)))
     return config
 
 

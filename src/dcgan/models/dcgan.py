@@ -13,7 +13,7 @@ import math
 import keras
 from keras import layers
 
-from dcgan.config import ModelConfig
+from dcgan.config import RadfordModel
 from dcgan.models.layers import FusedBatchNormalization
 
 KERNEL = 4
@@ -27,17 +27,17 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None
 
 
-def _widths(model: ModelConfig, size: int) -> list[int]:
+def _widths(model: RadfordModel, size: int) -> list[int]:
     """Channel widths at 4x4, 8x8, ..., size/2 x size/2 (generator order)."""
     levels = int(math.log2(size // BASE))
     return [min(model.filters * 2 ** (levels - 1 - i), model.max_filters) for i in range(levels)]
 
 
-def _activation(model: ModelConfig) -> layers.Layer:
+def _activation(model: RadfordModel) -> layers.Layer:
     return layers.ReLU() if model.g_activation == "relu" else layers.LeakyReLU(model.leaky_slope)
 
 
-def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: RadfordModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     size, _, channels = image_shape
     widths = _widths(model, size)
     stack = [
@@ -57,7 +57,7 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
     return keras.Sequential(stack, name="generator")
 
 
-def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: RadfordModel, image_shape: tuple[int, int, int]) -> keras.Model:
     widths = list(reversed(_widths(model, image_shape[0])))
     stack = [keras.Input(image_shape)]
     for i, width in enumerate(widths):

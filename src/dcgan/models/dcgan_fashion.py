@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dcgan.config import ModelConfig
+from dcgan.config import DropoutModel
 from dcgan.models.layers import FastDropout, FusedBatchNormalization
 
 
@@ -20,7 +20,7 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None if size == width and size % 4 == 0 else "needs square images whose side is a multiple of 4"
 
 
-def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: DropoutModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     size, _, channels = image_shape
     quarter = size // 4
     slope = model.leaky_slope
@@ -42,7 +42,7 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
     )
 
 
-def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: DropoutModel, image_shape: tuple[int, int, int]) -> keras.Model:
     stack = [keras.Input(image_shape)]
     for width, stride in ((model.filters, 2), (model.filters * 2, 2), (model.filters * 2, 1), (model.filters * 4, 1)):
         stack += [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dcgan.config import ModelConfig
+from dcgan.config import TutorialModel
 from dcgan.models.layers import FastDropout, FusedBatchNormalization
 
 
@@ -13,7 +13,7 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None if tuple(image_shape) == (28, 28, 1) else "makes 28x28x1 images only"
 
 
-def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: TutorialModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     """Dense 7x7x256 -> 7x7x128 -> 14x14x64 -> 28x28x1: 2,330,944 parameters at latent 100."""
     slope = model.leaky_slope
     return keras.Sequential(
@@ -36,7 +36,7 @@ def build_generator(model: ModelConfig, image_shape: tuple[int, int, int], outpu
     )
 
 
-def build_discriminator(model: ModelConfig, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: TutorialModel, image_shape: tuple[int, int, int]) -> keras.Model:
     """``model.d_blocks`` strided 5x5 convolutions of ``model.filters`` doubling widths, each
     with dropout, then one output. As published: 2 blocks of 64 and 128, 212,865 parameters."""
     slope = model.leaky_slope
