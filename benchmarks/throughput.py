@@ -206,7 +206,7 @@ def main() -> None:
 
     setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
     if not args.skip_rgb:
-        setups.append(("128px RGB model (+experiment=faces128_rmsprop)", ["+experiment=faces128_rmsprop"], 16, args.steps * 4))
+        setups.append(("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4))
     summary = {}
     for title, overrides, batch, steps in setups:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])

@@ -29,7 +29,7 @@ from dcgan.data.sources import ImageArchive
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
-TINY = ["+experiment=tiny"]
+TINY = ["debug=tiny"]
 # The default optimizer's rates as conf/ states them, so tests follow a retuned default.
 DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 

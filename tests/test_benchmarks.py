@@ -58,7 +58,7 @@ def test_floor_scores_real_noise_and_one_class(tmp_path):
 
 
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
-    out = run_benchmark(tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "+experiment=tiny", "train.epochs=3")
+    out = run_benchmark(tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "debug=tiny", "train.epochs=3")
     assert re.search(r"default round 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
     assert "default round 2" not in out  # stopped once the target was reached
     assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)

@@ -43,7 +43,7 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert run.data.params["optimizer.generator.learning_rate"] == str(DEFAULT_ADAM["generator"]["learning_rate"])
     assert run.data.params["data.limit"] == "512" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["train.epochs"] == "2"  # the resumed run's target
-    assert run.data.tags["overrides"] == "+experiment=tiny"
+    assert run.data.tags["overrides"] == "debug=tiny"
     assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
     assert len(run.data.tags["data.manifest_sha256"]) == 64
     for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"):
@@ -99,6 +99,12 @@ def test_user_errors_are_one_line(tmp_path):
     assert unknown == "error: In 'config': Could not find 'optimizer/adamw'; Available options in 'optimizer': adam; rmsprop"
     typo = last_line_error(run_stage("train", *TINY, "train.epoch=3", cwd=tmp_path, check=False))
     assert typo == "error: Could not override 'train.epoch'.; To append to your config use +train.epoch=3; Key 'epoch' is not in struct"
+
+    # A preset is `experiment=NAME`; `+experiment=NAME` (how presets were chosen before) still works.
+    # Its model is dcgan, whose schema has max_filters and checks it (dcgan_mnist has no such key).
+    for preset in ("experiment=mnist32", "+experiment=mnist32"):
+        checked = last_line_error(run_stage("train", preset, "model.max_filters=32", cwd=tmp_path, check=False))
+        assert checked == "error: config key model.max_filters: must be >= model.filters (64), got 32"
 
     server = last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
     assert server.startswith("error: MLflow tracking store http://127.0.0.1:9 is unreachable")

@@ -6,9 +6,13 @@ from __future__ import annotations
 import re
 import shlex
 
+import yaml
+
 import pytest
 
 from conftest import REPO, compose_config
+from dcgan.config import flatten, to_dict
+from dcgan.cli import as_group_choice
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 STAGE = re.compile(r"python src/(prepare|classifier|train|evaluate)\.py")
@@ -37,8 +41,8 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                     overrides = [w[2:] if w.startswith("-S") and len(w) > 2 else w for w in words if w != "-S"]
                     names = {words[i + 1] for i, w in enumerate(words[:-1]) if w == "-n"}
                     overrides = [o for o in overrides if o not in names]
-                elif STAGE.match(command):
-                    overrides = shlex.split(command)[2:]
+                elif STAGE.match(command):  # the entry points read `+experiment=` as `experiment=`
+                    overrides = [as_group_choice(word) for word in shlex.split(command)[2:]]
                 else:
                     continue
                 found.append((f"{page.name}: {command}", [o for o in overrides if o not in NOT_OVERRIDES]))
@@ -62,3 +66,21 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize("where, overrides", COMMANDS, ids=[where for where, _ in COMMANDS])
 def test_documented_command_composes(where, overrides):
     compose_config([_first_choice(o) for o in overrides])
+
+
+DEFAULTS_ROW = re.compile(r"^\| `([a-z_.]+)` \| ([^|]+?) \|", re.M)
+
+
+def _value(text: str):
+    value = yaml.safe_load(text)
+    try:  # YAML 1.1 reads 4e-4 as a string
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def test_the_defaults_table_matches_conf():
+    rows = DEFAULTS_ROW.findall((REPO / "docs/datasets.md").read_text().split("## The default recipe")[1].split("\n## ")[0])
+    assert len(rows) >= 15
+    defaults = flatten(to_dict(compose_config()))
+    assert {key: _value(text) for key, text in rows} == {key: defaults[key] for key, _ in rows}

@@ -17,7 +17,7 @@ from conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-TINY = ["+experiment=tiny", "data.limit=256"]
+TINY = ["debug=tiny", "data.limit=256"]
 
 
 def dvc_env() -> dict:
@@ -222,7 +222,7 @@ def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
     repro_completes(project)
     set_param(project, "train.epochs", 2)
     assert repro_completes(project) == ["train", "evaluate"]
-    assert json.loads((project / "models/checkpoints/state.json").read_text())["epoch"] == 2
+    assert json.loads((project / "models/checkpoints/state.json").read_text())["rounds"] == 2
     set_param(project, "train.epochs", 1)
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=dvc_env())
     assert result.returncode != 0

@@ -95,7 +95,7 @@ def test_one_training_per_folder_and_a_killed_run_is_marked_killed(tmp_path):
         started = time.monotonic()
         error = last_line_error(run_stage(stage, *TINY, cwd=tmp_path, check=False))
         assert error.startswith(f"error: models: in use by another process (pid {first.process.pid}: ")
-        assert error.endswith("src/train.py +experiment=tiny train.epochs=100); wait for it to finish or stop it")
+        assert error.endswith("src/train.py debug=tiny train.epochs=100); wait for it to finish or stop it")
         assert time.monotonic() - started < 30  # at once: no data or model work
     # Re-preparing the data the training reads is refused too.
     error = last_line_error(run_stage("prepare", *TINY, cwd=tmp_path, check=False))

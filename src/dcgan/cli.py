@@ -31,10 +31,22 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in lines if line.strip()).replace(":; ", ": ")
 
 
+# Config groups with a null slot in conf/config.yaml's defaults, chosen as GROUP=NAME.
+OPTIONAL_GROUPS = ("experiment", "debug")
+
+
+def as_group_choice(override: str) -> str:
+    """``+experiment=NAME`` (appending the group, as the presets were chosen before they had
+    a slot in the defaults list, which Hydra then refuses) as ``experiment=NAME``."""
+    group = override[1:].split("=", 1)[0]
+    return override[1:] if override.startswith("+") and group in OPTIONAL_GROUPS and "=" in override else override
+
+
 def launch(main: Callable[[], None]) -> None:
     """Call a ``@hydra.main`` entry point, reporting Hydra's own errors (an unknown config
     option, a bad override) as one line like every other user error."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report
+    sys.argv[1:] = map(as_group_choice, sys.argv[1:])
     try:
         main()
     except (HydraException, OmegaConfBaseException) as exc:

@@ -24,8 +24,8 @@ def build_classifier(image_shape: tuple[int, int, int], num_classes: int, settin
 
     Images larger than ``settings.max_size`` are first scaled down to it (area averaging,
     inside the network, so real and generated images alike): a quarter of the cost per
-    epoch at 128 px, which pays for the longer training small photo sets need (2,934
-    flower photos: 44 % test accuracy at 128 px after 3 epochs, 76.9 % at 64 px after 27)."""
+    epoch at 128 px, which pays for the longer training small photo sets need (measured in
+    docs/quality.md)."""
     inputs = keras.Input(image_shape)
     x, size, width = inputs, image_shape[0], settings.width
     if size > settings.max_size:

@@ -41,9 +41,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
 class FastDropout(layers.Dropout):
     """Keras' ``Dropout`` drawing 16 random bits per value instead of 32.
 
-    Generating the random bits (Philox) is most of dropout's cost on CPU: the tutorial
-    discriminator's two dropout layers took 13 % of its bfloat16 training step at batch 256
-    on an AMX CPU, and half the bits halve that (docs/speed.md). Each value is kept when its
+    Generating the random bits (Philox) is most of dropout's cost on CPU, and half the bits
+    halve it (measured in docs/speed.md). Each value is kept when its
     16 bits are at least ``round(rate * 65536)``, so the drop probability is ``rate`` to
     within 1/131,072, and kept values are scaled by the inverse of the exact keep probability,
     which keeps every value's expectation. Inference, and noise shapes, are Keras' own.

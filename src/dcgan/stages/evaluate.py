@@ -13,11 +13,11 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from dcgan import metrics, quality, tracking, viz
-from dcgan.config import Config
+from dcgan.config import Config, EvaluateConfig
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, to_uint8
-from dcgan.errors import UserError
 from dcgan.checkpoints import CheckpointDir
+from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, write_json
 from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
@@ -58,7 +58,7 @@ def _training_run_id(run_info: Path) -> str:
 def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
     paths = sorted(samples_dir.glob("epoch_*.png"))
     if not paths:
-        raise UserError(f"{samples_dir}: no per-epoch sample grids; run the train stage first")
+        raise UserError(f"{samples_dir}: no per-round sample grids; run the train stage first")
     return [iio.imread(path) for path in paths]
 
 
@@ -85,51 +85,66 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     run_id = _training_run_id(trained.run_info)
     reports = Path(config.paths.reports_dir)
     check_writable(reports)
-    figures = reports / "figures"
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
     generator = _load(trained.generator)
-    discriminator = _load(trained.discriminator)
-    latent_dim = generator.input_shape[-1]
-    settings = config.evaluate
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(config.evaluate.seed)
 
-    real, _ = load_images(prepared, manifest, "test", settings.num_samples)
-    noise = rng.standard_normal((len(real), latent_dim)).astype(np.float32)
+    real, _ = load_images(prepared, manifest, "test", config.evaluate.num_samples)
+    noise = rng.standard_normal((len(real), generator.input_shape[-1])).astype(np.float32)
     fake = generate(generator, noise)
+    scores = _diagnostics(_load(trained.discriminator), real, fake)
+    _draw_figures(generator, fake, rng, manifest, trained, reports / "figures", config.evaluate)
+    scorer = quality.scorer_for(config, prepared, manifest, len(real))
+    if scorer is not None:
+        scores.update(_quality(scorer, fake, noise, trained))
+        _confidence_grids(scorer, fake, manifest, reports / "figures", config.evaluate.grid_size)
+    write_json(reports / "metrics.json", scores)
+    _log_to_training_run(run_id, scores, reports)
+    log.info("evaluation: %s", json.dumps(scores))
+    return scores
+
+
+def _diagnostics(discriminator: keras.Model, real: np.ndarray, fake: np.ndarray) -> dict:
+    """How the final D tells real from generated, and how varied the samples are."""
     scores = metrics.discriminator_scores(
         discriminator.predict(real, batch_size=256, verbose=0), discriminator.predict(fake, batch_size=256, verbose=0)
     )
     scores["diversity_ratio"] = metrics.diversity_ratio(real[:2000], fake[:2000])  # O(n^2): 2,000 are plenty
     scores["num_samples"] = len(real)
+    return scores
 
+
+def _draw_figures(generator: keras.Model, fake: np.ndarray, rng: np.random.Generator, manifest: dict, trained: TrainOutputs,
+                  figures: Path, settings: EvaluateConfig) -> None:
+    """A grid of new samples, the training-progress GIF and a 4x4 grid of latent walks."""
     grid_count = settings.grid_size**2
     viz.save_png(figures / "samples.png", viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), GRID_UPSCALE))
     viz.save_gif(figures / "progress.gif", _progress_frames(trained.samples), settings.gif_fps)
+    latent_dim = generator.input_shape[-1]
     points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
     walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
     frames = to_uint8(generate(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
     frames = frames.reshape(len(walks), 16, *frames.shape[1:])
     viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
 
-    scorer = quality.scorer_for(config, prepared, manifest, len(real))
-    if scorer is not None:
-        scores.update(scorer.score(fake))
-        if scorer.space.accuracy is not None:
-            scores["classifier_accuracy"] = scorer.space.accuracy
-        _confidence_grids(scorer, fake, manifest, figures, settings.grid_size)
-        state = CheckpointDir(trained.checkpoints, keep=1).load_state()
-        best = state.best if state else None
-        if best is not None:  # the best-FID round's generator, scored at full size too
-            scores["best"] = {"epoch": best["epoch"], **scorer.score(generate(_load(trained.best_generator), noise))}
-    write_json(reports / "metrics.json", scores)
 
+def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: TrainOutputs) -> dict:
+    """FID & co. of the last generator and, under ``best``, of the best-FID round's."""
+    scores = scorer.score(fake)
+    if scorer.space.accuracy is not None:
+        scores["classifier_accuracy"] = scorer.space.accuracy
+    state = CheckpointDir(trained.checkpoints, keep=1).load_state()
+    if state is not None and state.best is not None:
+        scores["best"] = {"epoch": state.best["epoch"], **scorer.score(generate(_load(trained.best_generator), noise))}
+    return scores
+
+
+def _log_to_training_run(run_id: str, scores: dict, reports: Path) -> None:
     with mlflow.start_run(run_id=run_id):
         # Quality metrics under their own names; the rest would collide with training's curves.
         named = (*QUALITY_KEYS, "classifier_accuracy")
         mlflow.log_metrics({key if key in named else f"eval_{key}": value for key, value in scores.items() if key != "best"})
         mlflow.log_metrics({f"best_{key}": value for key, value in scores.get("best", {}).items() if key in QUALITY_KEYS})
-        mlflow.log_artifacts(str(figures), artifact_path="evaluation")
+        mlflow.log_artifacts(str(reports / "figures"), artifact_path="evaluation")
         mlflow.log_artifact(str(reports / "metrics.json"), artifact_path="evaluation")
-    log.info("evaluation: %s", json.dumps(scores))
-    return scores
