@@ -7,8 +7,8 @@ from dcgan.domain_classifier import train_classifier
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg) -> None:
-    run_stage(train_classifier, cfg)
+def main(cfg) -> object:
+    return run_stage(train_classifier, cfg)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from dcgan.data.prepare import prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg) -> None:
-    run_stage(prepare, cfg)
+def main(cfg) -> object:
+    return run_stage(prepare, cfg)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from dcgan.stages.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg) -> None:
-    run_stage(train, cfg)
+def main(cfg) -> object:
+    return run_stage(train, cfg)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,16 @@ def mlflow_client(workdir: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
 
 
+def sweep_runs(client: MlflowClient, experiment: str) -> tuple:
+    """The one sweep's parent run in ``experiment`` and its child runs."""
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1, [run.info.run_name for run in parents]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], children
+
+
 class Training:
     """``src/train.py`` started in the background, its output in files we can poll."""
 

@@ -6,7 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import DEFAULT_ADAM, TINY, last_line_error, mlflow_client, run_stage
+from conftest import DEFAULT_ADAM, TINY, last_line_error, mlflow_client, run_stage, sweep_runs
 from dcgan.quality import QUALITY_KEYS
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,8 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert run.data.params["data.limit"] == "512" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["train.epochs"] == "2"  # the resumed run's target
     assert run.data.tags["overrides"] == "debug=tiny"
+    assert run.info.run_name == "mnist dcgan_mnist adam: debug=tiny"  # what it trains, and how it was asked
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
     assert len(run.data.tags["data.manifest_sha256"]) == 64
     for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"):
@@ -57,6 +59,8 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert diagrams == {"architecture/generator.png", "architecture/discriminator.png"}
     assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
     assert "evaluation/samples.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    images = [a.path for a in client.list_artifacts(run_id, "images")]  # mlflow.log_image by step, for the UI's image view
+    assert len([path for path in images if path.startswith("images/samples") and path.endswith(".png")]) == 2
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
@@ -116,13 +120,18 @@ def test_sweep_over_datasets_and_optimizers(tmp_path):
     sweep = [*TINY, "data.limit=128", "model=dcgan", "data=mnist32,flowers64", "optimizer=adam,rmsprop"]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     client = mlflow_client(tmp_path)
-    runs = client.search_runs([client.get_experiment_by_name("dcgan-tiny").experiment_id])
+    parent, runs = sweep_runs(client, "dcgan-tiny")
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "4"
+    assert parent.data.params["data"] == "mnist32,flowers64" and parent.data.params["optimizer"] == "adam,rmsprop"
+    best = min(runs, key=lambda run: run.data.metrics["best_fid"])
+    assert parent.data.metrics["best_fid"] == best.data.metrics["best_fid"] and parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.tags["best_overrides"] == best.data.tags["overrides"]
     combos = sorted((r.data.params["data.name"], r.data.params["optimizer.name"]) for r in runs)
     assert combos == [("flowers64", "adam"), ("flowers64", "rmsprop"), ("mnist32", "adam"), ("mnist32", "rmsprop")]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["sweep_dir"] for r in runs}) == 1
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
-    assert "data=flowers64 optimizer=rmsprop" in {r.info.run_name.split("model=dcgan ")[-1] for r in runs}
+    assert "flowers64 dcgan rmsprop: debug=tiny data.limit=128 model=dcgan data=flowers64 optimizer=rmsprop" in {r.info.run_name for r in runs}
     # Each job trained from scratch into its own folder; the datasets were prepared once each.
     assert len(list((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))) == 4
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["classifier"]  # shared by the jobs

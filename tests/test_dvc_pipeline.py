@@ -185,10 +185,12 @@ def test_exp_run_composes_hydra_overrides(project):
 
 
 def test_queued_sweep_lands_in_the_project_mlflow_store(project):
+    """Two queued experiments run by two DVC workers at once, both logging to the project's
+    SQLite store."""
     # A new experiment name: the queued runs create it from inside DVC's temp copies.
     overrides = [*TINY, "train.seed=7", "tracking.experiment=queued", "optimizer=adam,rmsprop"]
     sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in overrides), cwd=project)
-    sh("dvc", "queue", "start", cwd=project)
+    sh("dvc", "queue", "start", "-j", "2", cwd=project)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = sh("dvc", "queue", "status", cwd=project)
@@ -207,12 +209,15 @@ def test_queued_sweep_lands_in_the_project_mlflow_store(project):
     assert sorted(d["params"]["params.yaml"]["data"]["optimizer"]["name"] for d in queued) == ["adam", "rmsprop"]
     assert all("diversity_ratio" in d["metrics"]["reports/metrics.json"]["data"] for d in queued)
 
-    _, new = mlflow_runs(project, "queued")
+    client, new = mlflow_runs(project, "queued")
     assert sorted(r.data.params["optimizer.name"] for r in new) == ["adam", "rmsprop"]
     assert all(r.info.status == "FINISHED" and "dvc_exp_name" in r.data.tags for r in new)
+    assert all(r.info.run_name == r.data.tags["dvc_exp_name"] for r in new)
     # Artifacts too outlive the queue's temp copies: they live in the project.
     for run in new:
         assert run.info.artifact_uri.startswith((project / "mlartifacts").as_uri())
+        assert {"final_fid", "eval_diversity_ratio"} <= set(run.data.metrics)
+        assert "samples/epoch_0001.png" in {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
         assert Path(run.info.artifact_uri.removeprefix("file://"), "evaluation", "samples.png").is_file()
 
 

@@ -72,8 +72,11 @@ class SampleGrid(keras.callbacks.Callback):
     def on_epoch_end(self, round_index, logs=None):
         images = to_uint8(self.model.sampler(self.noise, training=False), self.manifest)
         path = self.samples_dir / f"epoch_{round_index + 1:04d}.png"
-        viz.save_png(path, viz.upscale(viz.grid(images, self.columns), 4))
+        grid = viz.upscale(viz.grid(images, self.columns), 4)
+        viz.save_png(path, grid)
         mlflow.log_artifact(str(path), artifact_path="samples")
+        # By step too, so the UI's image view compares runs round by round.
+        mlflow.log_image(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=round_index + 1)
 
 
 class QualityMonitor(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from dcgan.config import Config, validate
+from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
 
 
@@ -32,7 +32,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 # Config groups with a null slot in conf/config.yaml's defaults, chosen as GROUP=NAME.
-OPTIONAL_GROUPS = ("experiment", "debug")
+OPTIONAL_GROUPS = ("experiment", "hparams_search", "debug")
 
 
 def as_group_choice(override: str) -> str:
@@ -49,6 +49,8 @@ def launch(main: Callable[[], None]) -> None:
     sys.argv[1:] = map(as_group_choice, sys.argv[1:])
     try:
         main()
+    except JobFailed as exc:
+        _fail(f"error: a sweep job failed: {exc}")
     except (HydraException, OmegaConfBaseException) as exc:
         _fail(f"error: {_one_line(exc)}")
     except yaml.YAMLError as exc:  # a config file (e.g. a hand-edited params.yaml) that is not YAML
@@ -57,18 +59,31 @@ def launch(main: Callable[[], None]) -> None:
         _fail(f"error: {where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
 
 
+def job_threads(launcher: DictConfig) -> int | None:
+    """A sweep job's share of the cores: submitit's ``cpus_per_task``, or the cores divided
+    among the joblib launcher's ``n_jobs``; None (all cores) for one job at a time."""
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    parallel = launcher.get("n_jobs")
+    if not parallel:
+        return None
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // min(cores if parallel < 0 else parallel, cores))
+
+
 def _apply_hydra_context(config: Config) -> None:
-    """Name the MLflow run after the command-line overrides, and give each job of a ``-m``
-    sweep its own output folders (its own checkpoints, so jobs never resume each other)."""
+    """Tag the MLflow run with the command-line overrides (they name it); give each job of a
+    ``-m`` sweep its own output folders (its own checkpoints, so jobs never resume each
+    other) and, under a parallel launcher, its share of the cores."""
     if not HydraConfig.initialized():
         return
     hydra = HydraConfig.get()
     overrides = list(hydra.overrides.task)
-    if config.tracking.run_name is None and overrides:
-        config.tracking.run_name = " ".join(overrides)
     if overrides:
-        config.tracking.tags.setdefault("overrides", " ".join(overrides))
+        config.tracking.tags.setdefault(OVERRIDES_TAG, " ".join(overrides))
     if hydra.mode == RunMode.MULTIRUN:
+        if config.train.threads is None:
+            config.train.threads = job_threads(hydra.launcher)
         job_dir = Path(hydra.runtime.output_dir)
         config.paths.models_dir = str(job_dir / "models")
         config.paths.reports_dir = str(job_dir / "reports")
@@ -76,14 +91,27 @@ def _apply_hydra_context(config: Config) -> None:
         config.tracking.tags.setdefault("sweep_job", str(hydra.job.num))
 
 
-def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> None:
-    """Validate ``cfg`` and run ``stage``; a user error prints one line and exits 1, a stop
-    signal exits 128 + its number once the checkpoint is written."""
+class JobFailed(Exception):
+    """A sweep job's one-line error, raised so the sweep records the job as failed and goes
+    on (a search with its next trials); ``launch`` reports it if the sweep then stops."""
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> object:
+    """Validate ``cfg`` and run ``stage``, returning its result (a sweep's job result); a
+    user error prints one line and exits 1 (in a sweep: fails the job), a stop signal exits
+    128 + its number once the checkpoint is written."""
     try:
         config = validate(cfg)
         _apply_hydra_context(config)
-        stage(config)
+        return stage(config)
     except UserError as exc:
+        if _in_sweep():
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise JobFailed(str(exc)) from None
         _fail(f"error: {exc}")
     except Interrupted as exc:
         _fail(f"interrupted: {exc}", 128 + exc.signum)

@@ -201,6 +201,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
+    threads: Optional[int] = None  # TensorFlow's op threads; null: all cores, or their share per parallel sweep job
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
@@ -214,6 +215,7 @@ class TrainConfig:
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
         _require(self.strategy in ("default", "mirrored"), "train.strategy", f"must be default or mirrored, got {self.strategy!r}")
         _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
+        _require(self.threads is None or self.threads >= 1, "train.threads", f"must be positive or null, got {self.threads}")
         _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
         _require(0.0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
@@ -295,12 +297,28 @@ class MetricsConfig:
         )
 
 
+OVERRIDES_TAG = "overrides"  # MLflow tag: the command-line overrides of a Hydra run
+
+
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite mlflow.db at the project root
     experiment: str = "dcgan"
-    run_name: Optional[str] = None  # null: named after the command-line overrides, if any
+    run_name: Optional[str] = None  # null: the DVC experiment's name, else data, model, optimizer and overrides
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SearchConfig:
+    """Set by the FID search (dcgan.search) on each trial it launches; null otherwise."""
+
+    storage: Optional[str] = None  # the study's Optuna journal file
+    study: Optional[str] = None
+    trial: Optional[int] = None  # the trial's number in the study
+    # The median pruner's settings (the study does not store them): trials that run to the
+    # end before any is pruned, rounds a trial runs before it can be.
+    startup_trials: int = 2
+    warmup_rounds: int = 1
 
 
 @dataclass
@@ -322,6 +340,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def _typed(schema: type, raw: Any, prefix: str) -> Any:
@@ -350,8 +369,8 @@ def _short(exc: OmegaConfBaseException) -> str:
 def validate(cfg: DictConfig | dict) -> Config:
     """Check a composed config against the schema and return it as typed dataclasses."""
     raw = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    raw = OmegaConf.to_container(raw, resolve=True)
-    raw.pop("hydra", None)
+    # Without Hydra's own node, whose job-time values are unset before a sweep's jobs start.
+    raw = OmegaConf.to_container(OmegaConf.masked_copy(raw, [key for key in raw if key != "hydra"]), resolve=True)
     model = raw.pop("model", None) or {}  # each architecture has its own schema, checked below
     optimizer = raw.get("optimizer") or {}
     try:
@@ -397,7 +416,7 @@ EXTENDS_RUN = ("train.epochs", "train.iterations")
 RESCORES_RUN = ("metrics",)
 # - none: where data comes from or goes to, how often to score, what evaluate does
 _NO_EFFECT_ON_DATA = ("data.mirror", "data.urls", "data.download", "data.shards")
-NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "metrics.every", "evaluate", "tracking", "paths")
+NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "train.threads", "metrics.every", "evaluate", "tracking", "paths", "search")
 
 
 def _matches(key: str, names: tuple[str, ...]) -> bool:

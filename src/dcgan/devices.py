@@ -36,6 +36,21 @@ def split_cpu(devices: int) -> None:
                         "run the train stage on its own (prepare first)") from None
 
 
+def limit_threads(threads: int | None) -> None:
+    """Run TensorFlow's ops on ``threads`` threads (None: TensorFlow's default, all cores),
+    so parallel sweep jobs share the cores instead of fighting over them. Must precede any
+    TensorFlow op."""
+    if threads is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+            raise UserError("config key train.threads: TensorFlow was already initialised in this process with "
+                            f"{tf.config.threading.get_intra_op_parallelism_threads()} threads") from None
+
+
 def distribution(strategy: str) -> tf.distribute.Strategy:
     """``default``: one device. ``mirrored``: data-parallel over all GPUs or, without any,
     over the logical CPU devices (``train.cpu_devices``); batches are split between them."""

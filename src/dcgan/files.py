@@ -70,9 +70,10 @@ def copy_file(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def locked(folder: Path, shared: bool = False) -> Iterator[None]:
+def locked(folder: Path, shared: bool = False, wait: bool = False) -> Iterator[None]:
     """Hold an OS-level lock on ``folder`` (``shared``: as one of several readers) for the
-    duration, or fail at once naming the process that holds it. The lock is the file
+    duration, or fail at once naming the process that holds it (``wait``: wait for it
+    instead). The lock is the file
     ``.<folder name>.lock`` beside it; the kernel releases it when its holder exits, so a
     ``kill -9`` cannot leave it stuck."""
     lock_file = folder.parent / f".{folder.name}.lock"
@@ -80,7 +81,7 @@ def locked(folder: Path, shared: bool = False) -> Iterator[None]:
     handle = open(lock_file, "a+")
     try:
         try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"

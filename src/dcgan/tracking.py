@@ -16,12 +16,15 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from dcgan.config import Config, flatten, to_dict
+from dcgan.config import OVERRIDES_TAG, Config, flatten, to_dict
 from dcgan.errors import UserError
+from dcgan.files import locked
 from dcgan.precision import Precision
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
 
 
@@ -58,6 +61,10 @@ def check_store(uri: str) -> None:
                 connection.close()
         except sqlite3.Error as exc:
             raise UserError(f"{path}: cannot open the MLflow SQLite store ({exc}); move it away or set tracking.uri") from None
+        # MLflow creates (or upgrades) the tables on first use; parallel jobs starting on a
+        # new store would otherwise run that migration at once and read half-made tables.
+        with locked(path, wait=True):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
         return
     if scheme in ("http", "https"):
         # One quick attempt instead of MLflow's long retry loop against a dead server.
@@ -103,7 +110,7 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-def _experiment_id(name: str) -> str:
+def experiment_id(name: str) -> str:
     """The experiment's id, creating it if needed. With a local SQLite store, artifacts go
     to ``<project>/mlartifacts`` (not a path relative to wherever the first run happened
     to start, which for a queued DVC experiment is a temp copy deleted afterwards)."""
@@ -111,7 +118,21 @@ def _experiment_id(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
-    return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None)
+    # The kind makes `mlflow ui` open it in the model-training view, not the GenAI one.
+    return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None,
+                                    tags={EXPERIMENT_KIND: "custom_model_development"})
+
+
+def run_name(config: Config) -> str:
+    """``tracking.run_name``, else the DVC experiment's name, else what the run trains (data,
+    architecture, optimizer) and the command-line overrides, if any."""
+    if config.tracking.run_name:
+        return config.tracking.run_name
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    what = f"{config.data.name} {config.model.name} {config.optimizer.name}"
+    overrides = config.tracking.tags.get(OVERRIDES_TAG)
+    return f"{what}: {overrides}" if overrides else what
 
 
 def _existing_run(run_id: Optional[str]) -> Optional[str]:
@@ -137,10 +158,10 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
         else:
-            mlflow.set_experiment(experiment_id=_experiment_id(config.tracking.experiment))
-            # A DVC experiment's run is named like the experiment, so the two match up.
-            run_name = config.tracking.run_name or os.environ.get("DVC_EXP_NAME")
-            run = mlflow.start_run(run_name=run_name, tags={**provenance_tags(), **config.tracking.tags})
+            mlflow.set_experiment(experiment_id=experiment_id(config.tracking.experiment))
+            # A job of a Hydra multirun is a child of the sweep's run (dcgan.sweeps).
+            parent = {"mlflow.parentRunId": os.environ[PARENT_RUN_ENV]} if os.environ.get(PARENT_RUN_ENV) else {}
+            run = mlflow.start_run(run_name=run_name(config), tags={**provenance_tags(), **config.tracking.tags, **parent})
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None

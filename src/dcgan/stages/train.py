@@ -13,14 +13,14 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from dcgan import models, quality, resume, tracking, viz
+from dcgan import models, quality, resume, search, tracking, viz
 from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, StopSignals, Throughput, write_history
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, to_dict
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import manifest_sha256
-from dcgan.devices import distribution, set_global_seed, split_cpu
+from dcgan.devices import distribution, limit_threads, set_global_seed, split_cpu
 from dcgan.errors import Interrupted
 from dcgan.files import check_writable, copy_file, locked, save_model, write_json
 from dcgan.gan import GAN, SkipNonFiniteSteps
@@ -118,7 +118,8 @@ def _log_architecture(gan: GAN) -> None:
 
 def train(config: Config) -> dict:
     """Train (or resume) the configured GAN; returns the last round's metrics."""
-    split_cpu(config.train.cpu_devices)  # before TensorFlow starts
+    split_cpu(config.train.cpu_devices)  # both before TensorFlow starts
+    limit_threads(config.train.threads)
     models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
@@ -149,19 +150,22 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) ->
         tracking.log_precision(precision)
         write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         throughput = Throughput(config.train.batch_size)
+        trial = search.ReportToStudy(config.search) if config.search.trial is not None else None
         callbacks = [
             throughput,
             SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples),
             *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.rounds)] if scorer else []),
             MLflowMetrics(),
             Checkpointer(checkpoints, state, out.history, schedule.steps_per_round, stop, resume.round_means(gan, state, schedule)),
+            *([trial] if trial else []),  # after the round is committed: a pruned trial keeps it
         ]
         try:
             _fit(gan, config, prepared, manifest, schedule, state, callbacks)
         except Interrupted:
             mlflow.end_run("KILLED")
             raise
-        return _write_outputs(gan, state, checkpoints, out, throughput)
+        final = _write_outputs(gan, state, checkpoints, out, throughput)
+        return {**final, "pruned": trial.pruned} if trial else final
 
 
 def _fixed_noise(config: Config) -> tuple[np.ndarray, np.ndarray]:
