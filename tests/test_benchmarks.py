@@ -64,3 +64,16 @@ def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
     assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)
     assert re.fullmatch(r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ precision=(fp32|mixed_bfloat16)",
                         out.strip().splitlines()[-1])
+
+
+def test_sweep_benchmark_times_both_launchers(tmp_path):
+    out = run_benchmark(tmp_path, "sweeps.py", "launchers", "--jobs", "2")
+    assert re.search(r"basic launcher, 2 jobs one after another: [\d.]+ s", out)
+    assert re.fullmatch(r"basic_s=[\d.]+ parallel_s=[\d.]+ speedup=[\d.]+", out.strip().splitlines()[-1])
+
+
+def test_search_benchmark_runs_with_and_without_pruning(tmp_path):
+    out = run_benchmark(tmp_path, "sweeps.py", "search", "--trials", "2", "train.epochs=1")
+    assert re.search(r"^pruned +[\d.]+ min  trials: .*best FID [\d.]+$", out, re.MULTILINE)
+    assert re.fullmatch(r"pruned_minutes=[\d.]+ unpruned_minutes=[\d.]+ pruned_best_fid=[\d.]+ unpruned_best_fid=[\d.]+",
+                        out.strip().splitlines()[-1])

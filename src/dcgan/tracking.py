@@ -114,13 +114,15 @@ def experiment_id(name: str) -> str:
     """The experiment's id, creating it if needed. With a local SQLite store, artifacts go
     to ``<project>/mlartifacts`` (not a path relative to wherever the first run happened
     to start, which for a queued DVC experiment is a temp copy deleted afterwards)."""
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
     # The kind makes `mlflow ui` open it in the model-training view, not the GenAI one.
-    return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None,
-                                    tags={EXPERIMENT_KIND: "custom_model_development"})
+    kind = {EXPERIMENT_KIND: "custom_model_development"}
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
+        return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None, tags=kind)
+    if EXPERIMENT_KIND not in experiment.tags:  # made before the kind was set
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, kind[EXPERIMENT_KIND])
+    return experiment.experiment_id
 
 
 def run_name(config: Config) -> str:
