@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import REPO, TINY, compose_config, mlflow_client, run_stage, sweep_runs
+from conftest import REPO, TINY, compose_config, last_line_error, mlflow_client, run_stage, sweep_runs
 from dcgan import search
 from dcgan.cli import job_threads
 from dcgan.config import SearchConfig, flatten, to_dict
@@ -63,6 +63,18 @@ def test_parallel_sweep_shares_the_cores_and_the_sqlite_store(tmp_path):
         assert run.info.status == "FINISHED"
         assert {"best_fid", "final_fid", "d_loss", "progress/fid"} <= set(run.data.metrics)
         assert "samples/epoch_0001.png" in {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+
+
+@pytest.mark.slow
+def test_a_failed_job_fails_the_sweep_after_the_others_ran(tmp_path):
+    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
+    result = run_stage("train", "-m", *TINY, "data.limit=128", "train.batch_size=4096,64", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert last_line_error(result) == ("error: a sweep job failed: config key train.batch_size: 4096 exceeds the 128 "
+                                       "training images in data/prepared/mnist")
+    parent, runs = sweep_runs(mlflow_client(tmp_path), "dcgan-tiny")
+    assert [r.data.params["train.batch_size"] for r in runs] == ["64"] and runs[0].info.status == "FINISHED"
+    assert parent.info.status == "FAILED" and parent.data.metrics["best_fid"] == runs[0].data.metrics["best_fid"]
 
 
 @pytest.mark.slow

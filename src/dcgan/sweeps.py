@@ -3,11 +3,13 @@
 Registered as a Hydra callback in ``conf/config.yaml``. The parent run is created when the
 sweep starts (its overrides as params) and its id handed to the jobs through the
 environment, which parallel launchers' worker processes inherit; when the sweep ends it
-gets the best job's ``best_fid`` and overrides, and FAILED if any job did not finish.
+gets the best job's ``best_fid`` and overrides, and FAILED if any job did not finish or
+the sweep stopped early (a failed job, Ctrl-C).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 
@@ -44,11 +46,17 @@ class MLflowSweepRun(Callback):
             key, _, values = override.partition("=")
             client.log_param(run.info.run_id, key.lstrip("+~"), values)
         os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
+        # Hydra skips on_multirun_end when a job's failure stops the sweep: end it at exit then.
+        atexit.register(self._end, run.info.run_id, stopped_early=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         run_id = os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        if run_id is None:
-            return
+        if run_id is not None:
+            atexit.unregister(self._end)
+            self._end(run_id, stopped_early=False)
+
+    def _end(self, run_id: str, stopped_early: bool) -> None:
+        """The best job's score and overrides onto the parent run, and its final status."""
         client = mlflow.MlflowClient()
         try:
             parent = client.get_run(run_id)
@@ -63,5 +71,5 @@ class MLflowSweepRun(Callback):
             client.set_tag(run_id, "best_run_id", best.info.run_id)
             client.set_tag(run_id, "best_overrides", best.data.tags.get(OVERRIDES_TAG, ""))
         client.set_tag(run_id, "jobs", str(len(jobs)))
-        finished = jobs and all(job.info.status == "FINISHED" for job in jobs)
+        finished = not stopped_early and jobs and all(job.info.status == "FINISHED" for job in jobs)
         client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
