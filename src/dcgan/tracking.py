@@ -22,6 +22,9 @@ from dcgan.files import locked
 from dcgan.precision import Precision
 
 log = logging.getLogger(__name__)
+# MLflow announces creating or upgrading its tables at INFO: start-up noise on stderr,
+# which should hold one line when a run stops early.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
