@@ -68,7 +68,8 @@ def job_threads(launcher: DictConfig) -> int | None:
     if not parallel:
         return None
     cores = len(os.sched_getaffinity(0))
-    return max(1, cores // min(cores if parallel < 0 else parallel, cores))
+    at_once = cores if parallel < 0 else min(parallel, cores)  # joblib: -1 means one job per core
+    return max(1, cores // at_once)
 
 
 def _apply_hydra_context(config: Config) -> None:
