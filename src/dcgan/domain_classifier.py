@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from dcgan.config import ClassifierConfig, Config, flatten, to_dict
 from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
-from dcgan.files import check_writable, write_json
+from dcgan.files import locked, write_json
 from dcgan.models.classifier import build_classifier, with_features
 from dcgan.data.prepare import prepared_dataset
 
@@ -46,7 +46,6 @@ def training_epochs(settings: ClassifierConfig, steps_per_epoch: int) -> int:
 def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict:
     settings = config.metrics.classifier
     report = {"identity": _identity(config, prepared), "num_classes": manifest.get("num_classes", 0)}
-    check_writable(folder.parent)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if report["num_classes"] < 2:
@@ -84,8 +83,15 @@ def train_classifier(config: Config) -> dict:
     """The stage: (re)train the classifier of ``config.data`` unless the cached one is current."""
     prepared, manifest = prepared_dataset(config)
     folder = Path(config.paths.classifier_dir) / config.data.name
-    report = _cached_report(config, prepared, folder)
-    return report if report is not None else _train(config, prepared, manifest, folder)
+    with locked(folder, wait=True):
+        return _current_report(config, prepared, manifest, folder)
+
+
+def _current_report(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict:
+    """The cached report if current, else the one of a classifier trained now. Callers hold
+    the folder's lock: parallel sweep jobs would otherwise all train it and read each
+    other's half-written model."""
+    return _cached_report(config, prepared, folder) or _train(config, prepared, manifest, folder)
 
 
 def _cached_report(config: Config, prepared: Path, folder: Path) -> dict | None:
@@ -100,7 +106,8 @@ def classifier_for(config: Config, prepared: Path, manifest: dict) -> tuple[kera
     """(features-and-probabilities network, test accuracy) of the data's classifier,
     training it first if needed; None for data without class labels."""
     folder = Path(config.paths.classifier_dir) / config.data.name
-    report = _cached_report(config, prepared, folder) or _train(config, prepared, manifest, folder)
-    if report["classifier_accuracy"] is None:
-        return None
-    return with_features(keras.models.load_model(folder / MODEL)), report["classifier_accuracy"]
+    with locked(folder, wait=True):
+        report = _current_report(config, prepared, manifest, folder)
+        if report["classifier_accuracy"] is None:
+            return None
+        return with_features(keras.models.load_model(folder / MODEL)), report["classifier_accuracy"]

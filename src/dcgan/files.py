@@ -77,7 +77,7 @@ def locked(folder: Path, shared: bool = False, wait: bool = False) -> Iterator[N
     ``.<folder name>.lock`` beside it; the kernel releases it when its holder exits, so a
     ``kill -9`` cannot leave it stuck."""
     lock_file = folder.parent / f".{folder.name}.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(lock_file.parent)
     handle = open(lock_file, "a+")
     try:
         try:
