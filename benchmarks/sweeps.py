@@ -5,8 +5,10 @@
 
 ``launchers``: the wall time of the same ``--jobs``-job sweep of the smoke profile
 (``debug=tiny``; two optimizers x seeds) run by Hydra's basic launcher (one job after
-another, each on all cores) and by the joblib launcher with two jobs at once (each on half
-the cores, ``train.threads``). Last line: ``basic_s=... parallel_s=... speedup=...``.
+another, each on all cores), by the joblib launcher with two jobs at once (each on half
+the cores, ``train.threads``) and by the Ray launcher on a two-node Ray cluster started on
+loopback (half the cores per node, one job per node). Last line:
+``basic_s=... parallel_s=... ray_s=... speedup=... ray_speedup=...``.
 
 ``search``: the FID search (``hparams_search=fid_optuna``) of ``--trials`` trials, once
 with pruning and once without (every trial runs to the end), same sampler seed: trials
@@ -20,11 +22,15 @@ domain classifier trained) before the clocks start.
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 
@@ -50,9 +56,36 @@ def prepare(workdir: Path, overrides: list[str]) -> None:
             sys.exit(f"{stage} failed:\n{result.stderr[-3000:]}")
 
 
+@contextmanager
+def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
+    """A Ray cluster of ``nodes`` nodes on 127.0.0.1, each a separate ``ray start`` (the head
+    first), stopped (``ray stop``: every Ray process of this machine) on exit; yields the
+    head's address for ``hydra.launcher.address``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}",
+           "--object-store-memory=100000000", "--disable-usage-stats"]
+    # The head's temp dir, short: Ray's socket paths must fit in 107 characters.
+    head = [*ray, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"]
+    # Without token authentication: a token in ~/.ray (which a `ray.init()` of its own writes)
+    # turns it on for the head, and the worker nodes would then need it too.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    try:
+        for command in [head] + [[*ray, f"--address={address}"]] * (nodes - 1):
+            started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            if started.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{started.stderr[-2000:]}")
+        yield address
+    finally:
+        subprocess.run([ray[0], "stop", "--force"], capture_output=True, timeout=120)
+
+
 def launchers(jobs: int, overrides: list[str]) -> None:
     seeds = ",".join(str(seed) for seed in range(1, jobs // 2 + 1))
     sweep = ["-m", "debug=tiny", *overrides, "optimizer=adam,rmsprop", f"train.seed={seeds}"]
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         prepare(workdir, ["debug=tiny", *overrides])
@@ -60,8 +93,10 @@ def launchers(jobs: int, overrides: list[str]) -> None:
         print(f"basic launcher, {jobs} jobs one after another: {basic:.1f} s", flush=True)
         parallel = train(workdir, *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
         print(f"joblib launcher, 2 jobs at a time:            {parallel:.1f} s", flush=True)
-    print("ray: not measured (no Ray launcher yet)")
-    print(f"basic_s={basic:.1f} parallel_s={parallel:.1f} speedup={basic / parallel:.2f}")
+        with loopback_ray_cluster(nodes=2, cpus_per_node=half) as address:
+            on_ray = train(workdir, *sweep, "hydra/launcher=ray", f"hydra.launcher.address={address}", f"hydra.launcher.num_cpus={half}")
+        print(f"ray launcher, 2-node loopback cluster:        {on_ray:.1f} s", flush=True)
+    print(f"basic_s={basic:.1f} parallel_s={parallel:.1f} ray_s={on_ray:.1f} speedup={basic / parallel:.2f} ray_speedup={basic / on_ray:.2f}")
 
 
 def run_search(workdir: Path, name: str, trials: int, prune: bool, overrides: list[str]) -> tuple[float, optuna.Study]:

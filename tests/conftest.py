@@ -28,6 +28,7 @@ from dcgan.precision import CACHE_ENV
 from dcgan.data.sources import ImageArchive
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # tests start what benchmarks start (a loopback Ray cluster) the same way
 MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
 TINY = ["debug=tiny"]
 # The default optimizer's rates as conf/ states them, so tests follow a retuned default.

@@ -69,7 +69,8 @@ def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
 def test_sweep_benchmark_times_both_launchers(tmp_path):
     out = run_benchmark(tmp_path, "sweeps.py", "launchers", "--jobs", "2")
     assert re.search(r"basic launcher, 2 jobs one after another: [\d.]+ s", out)
-    assert re.fullmatch(r"basic_s=[\d.]+ parallel_s=[\d.]+ speedup=[\d.]+", out.strip().splitlines()[-1])
+    assert re.search(r"ray launcher, 2-node loopback cluster: +[\d.]+ s", out)
+    assert re.fullmatch(r"basic_s=[\d.]+ parallel_s=[\d.]+ ray_s=[\d.]+ speedup=[\d.]+ ray_speedup=[\d.]+", out.strip().splitlines()[-1])
 
 
 def test_search_benchmark_runs_with_and_without_pruning(tmp_path):

@@ -1,6 +1,6 @@
 """Sweeps beyond one job at a time: parallel jobs on one machine (joblib), jobs as separate
-processes (submitit's local executor, the SLURM launcher's stand-in), their share of the
-cores, and the MLflow parent run that groups them."""
+processes (submitit's local executor, the SLURM launcher's stand-in; a two-node Ray cluster on
+loopback), their share of the cores, and the MLflow parent run that groups them."""
 
 import keras
 import optuna
@@ -17,6 +17,7 @@ from dcgan.cli import job_threads
 from dcgan.config import SearchConfig, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.search import search_space
+from sweeps import loopback_ray_cluster
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,7 @@ from dcgan.search import search_space
         ({"n_jobs": 16}, 1),
         ({"n_jobs": -1}, 1),  # joblib: as many jobs as cores
         ({"cpus_per_task": 3}, 3),  # submitit: what each task was given
+        ({"num_cpus": 2, "address": None}, 2),  # Ray: what each task asks for
     ],
 )
 def test_each_parallel_job_gets_its_share_of_the_cores(launcher, threads, monkeypatch):
@@ -77,16 +79,36 @@ def test_a_failed_job_fails_the_sweep_after_the_others_ran(tmp_path):
     assert parent.info.status == "FAILED" and parent.data.metrics["best_fid"] == runs[0].data.metrics["best_fid"]
 
 
+def assert_two_jobs_in_one_store(workdir):
+    """The adam,rmsprop sweep's two runs finished on one thread each, under one parent run."""
+    parent, runs = sweep_runs(mlflow_client(workdir), "dcgan-tiny")
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "2"
+    assert sorted(r.data.params["optimizer.name"] for r in runs) == ["adam", "rmsprop"]
+    assert all(r.info.status == "FINISHED" and r.data.params["train.threads"] == "1" for r in runs)
+
+
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
     sweep = [*TINY, "data.limit=128", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "optimizer=adam,rmsprop"]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
-    parent, runs = sweep_runs(mlflow_client(tmp_path), "dcgan-tiny")
-    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "2"
-    assert sorted(r.data.params["optimizer.name"] for r in runs) == ["adam", "rmsprop"]
-    assert all(r.info.status == "FINISHED" and r.data.params["train.threads"] == "1" for r in runs)
+    assert_two_jobs_in_one_store(tmp_path)
     assert len(list((tmp_path / "multirun").glob("*/*/.submitit/*/*_result.pkl"))) == 2
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_the_jobs_on_a_two_node_cluster(tmp_path):
+    """A head and a worker node, separate `ray start` processes on loopback with one CPU
+    each: the two jobs (one CPU each) run on both nodes at once, into the one store."""
+    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
+    with loopback_ray_cluster(nodes=2, cpus_per_node=1) as address:
+        result = run_stage("train", "-m", *TINY, "data.limit=128", "hydra/launcher=ray", f"hydra.launcher.address={address}",
+                           "optimizer=adam,rmsprop", cwd=tmp_path)
+    assert f"Ray launcher: 2 jobs on {address}" in result.stdout + result.stderr
+    assert_two_jobs_in_one_store(tmp_path)
+    stopped = run_stage("train", "-m", *TINY, "hydra/launcher=ray", f"hydra.launcher.address={address}", cwd=tmp_path, check=False)
+    assert last_line_error(stopped) == (f"error: hydra.launcher.address={address}: no Ray head answers there "
+                                        "(Connection refused); start one with `ray start --head`")
 
 
 def test_search_space_reads_hydras_sweep_grammar():

@@ -60,10 +60,12 @@ def launch(main: Callable[[], None]) -> None:
 
 
 def job_threads(launcher: DictConfig) -> int | None:
-    """A sweep job's share of the cores: submitit's ``cpus_per_task``, or the cores divided
-    among the joblib launcher's ``n_jobs``; None (all cores) for one job at a time."""
-    if launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
+    """A sweep job's share of the cores: what it was given (submitit's ``cpus_per_task``, the
+    Ray launcher's ``num_cpus``), or the cores divided among the joblib launcher's
+    ``n_jobs``; None (all cores) for one job at a time."""
+    given = launcher.get("cpus_per_task") or launcher.get("num_cpus")
+    if given:
+        return int(given)
     parallel = launcher.get("n_jobs")
     if not parallel:
         return None

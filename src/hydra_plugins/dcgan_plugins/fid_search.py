@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 @dataclass
 class FidSearchConf:
-    _target_: str = "hydra_plugins.dcgan_search.fid_search.FidSearchSweeper"
+    _target_: str = "hydra_plugins.dcgan_plugins.fid_search.FidSearchSweeper"
     study_name: str = "fid_search"
     storage: str = "optuna/fid_search.journal"  # the study's journal, relative to the working directory
     n_trials: int = 8
