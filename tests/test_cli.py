@@ -48,6 +48,9 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
     assert len(run.data.tags["data.manifest_sha256"]) == 64
+    [data] = run.inputs.dataset_inputs  # the run page's "Datasets"
+    assert (data.dataset.name, data.dataset.digest) == ("mnist", run.data.tags["data.manifest_sha256"][:36])
+    assert "data/prepared/mnist" in data.dataset.source and {t.key: t.value for t in data.tags}["images"] == "512"
     for key in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
     assert "eval_diversity_ratio" in run.data.metrics

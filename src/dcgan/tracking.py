@@ -194,6 +194,18 @@ def log_precision(precision: Precision) -> None:
     mlflow.set_tags({"precision": precision.policy, "precision.source": precision.source, **probe})
 
 
+def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> None:
+    """The prepared data as the run's dataset input, so the run page's "Datasets" names what
+    it was trained on; ``digest``, the manifest's SHA-256, cut to MLflow's 36 characters."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema, TensorSpec
+
+    schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *manifest["image_shape"]), "image")])
+    dataset = MetaDataset(resolve_dataset_source(str(folder.resolve())), name=name, digest=digest[:36], schema=schema)
+    mlflow.log_input(dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])})
+
+
 def log_generator(generator, latent_dim: int, round_number: int) -> None:
     """Log the generator as an MLflow model whose signature is noise -> images, tagged
     with the round it was trained to (a resumed run logs one model per invocation)."""

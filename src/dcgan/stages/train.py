@@ -178,11 +178,13 @@ def _fixed_noise(config: Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _log_run_inputs(config: Config, manifest: dict, prepared: Path, gan: GAN) -> None:
-    """What a new MLflow run records once: the data manifest (with the raw files' SHA-256),
-    the full resolved config and both architectures."""
+    """What a new MLflow run records once: the data manifest (with the raw files' SHA-256)
+    and the data as its dataset input, the full resolved config and both architectures."""
     mlflow.log_dict(manifest, "data/manifest.json")
     mlflow.log_dict(to_dict(config), "config.yaml")
-    mlflow.set_tag("data.manifest_sha256", manifest_sha256(prepared))
+    digest = manifest_sha256(prepared)
+    mlflow.set_tag("data.manifest_sha256", digest)
+    tracking.log_training_data(config.data.name, prepared, manifest, digest)
     _log_architecture(gan)
 
 
