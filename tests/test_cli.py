@@ -39,6 +39,8 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
 
     client = mlflow_client(tmp_path)
     run = client.get_run(run_id)
+    champion = client.get_model_version_by_alias("dcgan-mnist", "champion")  # the first evaluated: the champion
+    assert champion.tags["run_id"] == run_id and float(champion.tags["fid"]) == metrics["fid"]
     assert run.info.status == "FINISHED"
     assert run.data.params["optimizer.generator.learning_rate"] == str(DEFAULT_ADAM["generator"]["learning_rate"])
     assert run.data.params["data.limit"] == "512" and run.data.params["train.epochs"] == "1"

@@ -236,6 +236,7 @@ class EvaluateConfig:
     interpolation_points: int = 4  # latent points the interpolation GIF walks through
     interpolation_steps: int = 16  # frames between two points
     gif_fps: float = 8.0
+    register: bool = True  # the generator as a version of the registered model dcgan-<data.name>
 
     def __post_init__(self) -> None:
         _require(self.grid_size >= 1, "evaluate.grid_size", f"must be at least 1, got {self.grid_size}")

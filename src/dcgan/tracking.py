@@ -28,6 +28,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
+CHAMPION = "champion"  # the registry alias of a dataset's best generator so far
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
 
 
@@ -192,6 +193,35 @@ def log_precision(precision: Precision) -> None:
     """The precision trained in and, for ``auto``, the figures it was chosen by."""
     probe = {f"precision.probe.{name}_images_per_sec": rate for name, rate in precision.images_per_sec.items()}
     mlflow.set_tags({"precision": precision.policy, "precision.source": precision.source, **probe})
+
+
+def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bool:
+    """Register the run's last logged generator as a version of ``dcgan-<data>`` with its FID,
+    and move the champion alias to it if its FID is lower than the champion's, scored the
+    same way (``scored_on``: data, test split, feature space, sample count); a champion
+    scored otherwise cannot be compared, and keeps the alias. True if it moved."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    logged = mlflow.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    if not logged:
+        raise UserError(f"MLflow run {run_id} logged no generator model; rerun the train stage (dvc repro -f train)")
+    latest = max(logged, key=lambda model: int(model.tags.get("epoch", 0)))
+    name = f"dcgan-{scored_on['data']}"
+    version = mlflow.register_model(latest.model_uri, name, tags={"fid": repr(fid), "run_id": run_id, **scored_on})
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        champion = None
+    comparable = champion is not None and all(champion.tags.get(key) == value for key, value in scored_on.items())
+    if champion is not None and not comparable:
+        log.warning("registry: %s version %s keeps alias %s: scored on other data, features or sample count than version %s",
+                    name, champion.version, CHAMPION, version.version)
+    if champion is None or (comparable and fid < float(champion.tags["fid"])):
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        log.info("registry: %s version %s (FID %.3f) is the %s", name, version.version, fid, CHAMPION)
+        return True
+    log.info("registry: %s version %s (FID %.3f) registered; %s stays version %s", name, version.version, fid, CHAMPION, champion.version)
+    return False
 
 
 def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> None:

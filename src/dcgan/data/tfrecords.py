@@ -154,6 +154,11 @@ def manifest_sha256(folder: Path) -> str:
     return _file_sha256(folder / MANIFEST)
 
 
+def split_sha256(manifest: dict, split: str) -> str:
+    """One digest for a split, from its shards' SHA-256s in order: equal for the same images."""
+    return hashlib.sha256("".join(shard["sha256"] for shard in manifest["splits"][split]["shards"]).encode()).hexdigest()
+
+
 def read_split(folder: Path, manifest: dict, split: str) -> tf.data.Dataset:
     """(image uint8 HxWxC, label int64) pairs of one split, in a fixed order."""
     if split not in manifest["splits"]:

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from dcgan import metrics, quality, tracking, viz
 from dcgan.config import Config, EvaluateConfig
 from dcgan.data.pipeline import load_images
-from dcgan.data.tfrecords import load_manifest, to_uint8
+from dcgan.data.tfrecords import load_manifest, split_sha256, to_uint8
 from dcgan.checkpoints import CheckpointDir
 from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, write_json
@@ -101,6 +101,10 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
         _confidence_grids(scorer, fake, manifest, reports / "figures", config.evaluate.grid_size)
     write_json(reports / "metrics.json", scores)
     _log_to_training_run(run_id, scores, reports)
+    if config.evaluate.register and "fid" in scores:
+        scored_on = {"data": config.data.name, "test_split": split_sha256(manifest, "test"), "features": config.metrics.features,
+                     "num_samples": str(scores["num_samples"])}
+        tracking.register_generator(run_id, scores["fid"], scored_on)
     log.info("evaluation: %s", json.dumps(scores))
     return scores
 
