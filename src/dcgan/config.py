@@ -332,6 +332,30 @@ class PathsConfig:
 
 
 @dataclass
+class GenerateConfig:
+    model: str = "models/generator.keras"  # a .keras file, an MLflow run id (or runs:/<id>), or models:/<name>@<alias>
+    num_images: int = 64
+    seed: int = 0  # image i from latent seed seed + i; the same seed always gives the same image
+    seeds: Optional[list[int]] = None  # these seeds instead of num_images from seed
+    latents: Optional[str] = None  # a .npy of latent vectors (N x the generator's latent size) instead of seeds
+    truncation: Optional[float] = None  # resample latent components beyond +-truncation: typical images, less variety
+    out_dir: str = "reports/generated"
+    grid: bool = True  # grid.png
+    png: bool = False  # one PNG per image, named by its seed
+    npy: bool = False  # images.npy, N x H x W x C uint8
+    interpolation_steps: int = 0  # > 0: interpolation.gif walking through the latents, this many frames between two
+
+    def __post_init__(self) -> None:
+        _require(self.num_images >= 1, "generate.num_images", f"must be at least 1, got {self.num_images}")
+        _require(not self.seeds or all(seed >= 0 for seed in self.seeds), "generate.seeds", "must be non-negative")
+        _require_seed(self.seed, "generate.seed")
+        _require(self.truncation is None or self.truncation > 0, "generate.truncation", f"must be positive or null, got {self.truncation}")
+        _require(self.interpolation_steps >= 0, "generate.interpolation_steps", f"must be >= 0, got {self.interpolation_steps}")
+        _require(self.grid or self.png or self.npy or self.interpolation_steps > 0, "generate",
+                 "nothing to write: set grid, png or npy to true, or interpolation_steps > 0")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: Any = field(default_factory=TutorialModel)  # the schema of model.name (MODEL_SETTINGS)
@@ -342,6 +366,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def _typed(schema: type, raw: Any, prefix: str) -> Any:
@@ -417,7 +442,7 @@ EXTENDS_RUN = ("train.epochs", "train.iterations")
 RESCORES_RUN = ("metrics",)
 # - none: where data comes from or goes to, how often to score, what evaluate does
 _NO_EFFECT_ON_DATA = ("data.mirror", "data.urls", "data.download", "data.shards")
-NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "train.threads", "metrics.every", "evaluate", "tracking", "paths", "search")
+NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "train.threads", "metrics.every", "evaluate", "tracking", "paths", "search", "generate")
 
 
 def _matches(key: str, names: tuple[str, ...]) -> bool:

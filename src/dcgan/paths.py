@@ -1,12 +1,17 @@
 """Where the stages write: the train stage's outputs (the DVC outs of ``train``), which
-evaluate reads."""
+evaluate and generate read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
+
 from dcgan.config import Config
+from dcgan.errors import UserError
+
+RERUN_TRAIN = "run the train stage first (dvc repro train)"
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,13 @@ class TrainOutputs:
 
 def outputs_of(config: Config) -> TrainOutputs:
     return TrainOutputs(Path(config.paths.models_dir), Path(config.paths.reports_dir))
+
+
+def load_trained(path: Path) -> keras.Model:
+    if not path.is_file():
+        raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to "File not found"
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)") from None

@@ -195,19 +195,26 @@ def log_precision(precision: Precision) -> None:
     mlflow.set_tags({"precision": precision.policy, "precision.source": precision.source, **probe})
 
 
+def generator_uri(run_id: str) -> str:
+    """The ``models:/`` URI of the last generator the run logged (one per training invocation)."""
+    try:
+        experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    except MlflowException:
+        raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}") from None
+    logged = mlflow.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    if not logged:
+        raise UserError(f"MLflow run {run_id} logged no generator model; rerun the train stage (dvc repro -f train)")
+    return max(logged, key=lambda model: int(model.tags.get("epoch", 0))).model_uri
+
+
 def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bool:
     """Register the run's last logged generator as a version of ``dcgan-<data>`` with its FID,
     and move the champion alias to it if its FID is lower than the champion's, scored the
     same way (``scored_on``: data, test split, feature space, sample count); a champion
     scored otherwise cannot be compared, and keeps the alias. True if it moved."""
     client = mlflow.MlflowClient()
-    experiment = client.get_run(run_id).info.experiment_id
-    logged = mlflow.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    if not logged:
-        raise UserError(f"MLflow run {run_id} logged no generator model; rerun the train stage (dvc repro -f train)")
-    latest = max(logged, key=lambda model: int(model.tags.get("epoch", 0)))
     name = f"dcgan-{scored_on['data']}"
-    version = mlflow.register_model(latest.model_uri, name, tags={"fid": repr(fid), "run_id": run_id, **scored_on})
+    version = mlflow.register_model(generator_uri(run_id), name, tags={"fid": repr(fid), "run_id": run_id, **scored_on})
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet

@@ -10,6 +10,9 @@ import numpy as np
 from dcgan.files import atomic_write
 
 
+GRID_UPSCALE = 3  # saved grids are enlarged so small images stay visible in viewers
+
+
 def grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
     """Tile N HxWxC uint8 images into one image, ``columns`` per row, with a white border."""
     count, height, width, channels = images.shape
@@ -19,7 +22,7 @@ def grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
         top = pad + (index // columns) * (height + pad)
         left = pad + (index % columns) * (width + pad)
         canvas[top : top + height, left : left + width] = image
-    return canvas[..., 0] if channels == 1 else canvas
+    return _gray_as_2d(canvas)
 
 
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:
@@ -27,13 +30,18 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 
 
+def _gray_as_2d(image: np.ndarray) -> np.ndarray:
+    """HxWx1 as HxW: image writers take gray images without a channel axis."""
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
-    atomic_write(path, lambda handle: handle.write(iio.imwrite("<bytes>", image, extension=".png")))
+    atomic_write(path, lambda handle: handle.write(iio.imwrite("<bytes>", _gray_as_2d(image), extension=".png")))
 
 
 def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
     """An endlessly looping GIF; all frames must have the same size."""
-    data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+    data = iio.imwrite("<bytes>", np.stack([_gray_as_2d(frame) for frame in frames]), extension=".gif", duration=1000.0 / fps, loop=0)
     atomic_write(path, lambda handle: handle.write(data))
 
 

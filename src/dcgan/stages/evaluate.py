@@ -19,26 +19,10 @@ from dcgan.data.tfrecords import load_manifest, split_sha256, to_uint8
 from dcgan.checkpoints import CheckpointDir
 from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, write_json
-from dcgan.paths import TrainOutputs, outputs_of
+from dcgan.paths import RERUN_TRAIN, TrainOutputs, load_trained, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
 log = logging.getLogger(__name__)
-
-GRID_UPSCALE = 3
-
-
-RERUN_TRAIN = "run the train stage first (dvc repro train)"
-
-
-def _load(path: Path) -> keras.Model:
-    if not path.is_file():
-        raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to "File not found"
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)") from None
-
 
 def _training_run_id(run_info: Path) -> str:
     """The MLflow run the train stage recorded, checked to exist in the current store."""
@@ -68,7 +52,7 @@ def _confidence_grids(scorer: Scorer, fake: np.ndarray, manifest: dict, figures:
     order = np.argsort(-scorer.confidence(fake), kind="stable")
     count = columns * columns
     for name, chosen in (("most_confident.png", order[:count]), ("least_confident.png", order[::-1][:count])):
-        viz.save_png(figures / name, viz.upscale(viz.grid(to_uint8(fake[chosen], manifest), columns), GRID_UPSCALE))
+        viz.save_png(figures / name, viz.upscale(viz.grid(to_uint8(fake[chosen], manifest), columns), viz.GRID_UPSCALE))
 
 
 def evaluate(config: Config) -> dict:
@@ -87,13 +71,13 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     check_writable(reports)
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
-    generator = _load(trained.generator)
+    generator = load_trained(trained.generator)
     rng = np.random.default_rng(config.evaluate.seed)
 
     real, _ = load_images(prepared, manifest, "test", config.evaluate.num_samples)
     noise = rng.standard_normal((len(real), generator.input_shape[-1])).astype(np.float32)
     fake = generate(generator, noise)
-    scores = _diagnostics(_load(trained.discriminator), real, fake)
+    scores = _diagnostics(load_trained(trained.discriminator), real, fake)
     _draw_figures(generator, fake, rng, manifest, trained, reports / "figures", config.evaluate)
     scorer = quality.scorer_for(config, prepared, manifest, len(real))
     if scorer is not None:
@@ -123,14 +107,14 @@ def _draw_figures(generator: keras.Model, fake: np.ndarray, rng: np.random.Gener
                   figures: Path, settings: EvaluateConfig) -> None:
     """A grid of new samples, the training-progress GIF and a 4x4 grid of latent walks."""
     grid_count = settings.grid_size**2
-    viz.save_png(figures / "samples.png", viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), GRID_UPSCALE))
+    viz.save_png(figures / "samples.png", viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), viz.GRID_UPSCALE))
     viz.save_gif(figures / "progress.gif", _progress_frames(trained.samples), settings.gif_fps)
     latent_dim = generator.input_shape[-1]
     points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
     walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
     frames = to_uint8(generate(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
     frames = frames.reshape(len(walks), 16, *frames.shape[1:])
-    viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
+    viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), viz.GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
 
 
 def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: TrainOutputs) -> dict:
@@ -140,7 +124,7 @@ def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: Train
         scores["classifier_accuracy"] = scorer.space.accuracy
     state = CheckpointDir(trained.checkpoints, keep=1).load_state()
     if state is not None and state.best is not None:
-        scores["best"] = {"epoch": state.best["epoch"], **scorer.score(generate(_load(trained.best_generator), noise))}
+        scores["best"] = {"epoch": state.best["epoch"], **scorer.score(generate(load_trained(trained.best_generator), noise))}
     return scores
 
 
