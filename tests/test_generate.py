@@ -1,11 +1,20 @@
 """src/generate.py: images from a trained generator given as a file, a run id or the
-registry's champion, the same for the same seeds; its user errors are one line each."""
+registry's champion, the same for the same seeds; its user errors are one line each. And
+the champion served over HTTP by `mlflow models serve`."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, compose_config, last_line_error, run_stage
+from conftest import TINY, compose_config, last_line_error, run_stage, subprocess_env
 from dcgan.config import GenerateConfig
 from dcgan.errors import UserError
 from dcgan.stages.generate import latent_vectors
@@ -32,7 +41,7 @@ def test_a_seed_always_gives_the_same_latent_and_truncation_bounds_it():
 
 @pytest.mark.slow
 def test_the_file_the_run_and_the_champion_give_the_same_images(trained):
-    run_id = __import__("json").loads((trained / "models/run.json").read_text())["mlflow_run_id"]
+    run_id = json.loads((trained / "models/run.json").read_text())["mlflow_run_id"]
     common = [*TINY, "generate.seeds=[1,2,3,4]", "generate.npy=true"]
     run_stage("generate", *common, "generate.png=true", "generate.interpolation_steps=4", "generate.out_dir=from_file", cwd=trained)
     run_stage("generate", *common, f"generate.model={run_id}", "generate.out_dir=from_run", cwd=trained)
@@ -67,3 +76,34 @@ def test_user_errors_are_one_line_and_write_nothing(trained, tmp_path, mount_tmp
 def test_nothing_to_write_is_a_config_error():
     with pytest.raises(UserError, match="generate: nothing to write"):
         compose_config(["generate.grid=false"])
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_champion(trained):
+    """`mlflow models serve` of models:/dcgan-mnist@champion on loopback: noise in, images out."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/dcgan-mnist@champion",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{trained / 'mlflow.db'}"}
+    server = subprocess.Popen(command, cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the model server did not answer /ping within 3 minutes"
+                time.sleep(1)
+        noise = np.random.default_rng(0).standard_normal((3, 100)).round(4).tolist()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": noise}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            images = np.asarray(json.loads(response.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert images.shape == (3, 28, 28, 1) and -1.0 <= images.min() < images.max() <= 1.0
