@@ -3,10 +3,11 @@
 
 Hydra's own Ray launcher plugin pins cloudpickle<3, which the pinned joblib (the joblib
 launcher's) refuses, so this is the thin adapter onto Ray's task API instead. A job runs
-in a fresh worker process (``max_calls=1``: its own TensorFlow threads and memory), in the
-sweep's working directory (the project checkout, at the same path on every node), with
-the driver's ``DCGAN_*``/``MLFLOW_*`` environment (the tracking store, the data mirror,
-the sweep's parent run). Like this module's sibling, it imports Ray only when a sweep runs.
+in a Ray worker process (reused by later jobs, as the joblib launcher reuses its workers;
+each job starts from a fresh Keras state), in the sweep's working directory (the project
+checkout, at the same path on every node), with the driver's ``DCGAN_*``/``MLFLOW_*``
+environment (the tracking store, the data mirror, the sweep's parent run). Like this
+module's sibling, it imports Ray only when a sweep runs.
 """
 
 import logging
@@ -86,7 +87,7 @@ class RayLauncher(Launcher):
             ray.init(address=self.address, configure_logging=False, **local)
         log.info("Ray launcher: %d jobs on %s", len(job_overrides), self.address or "a Ray started on this machine")
         env = {key: value for key, value in os.environ.items() if key.startswith(self.env_prefixes)}
-        job = ray.remote(max_calls=1, runtime_env={"env_vars": env}, **self.resources)(_run_job)
+        job = ray.remote(runtime_env={"env_vars": env}, **self.resources)(_run_job)
         pending = []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
