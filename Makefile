@@ -11,7 +11,7 @@ DCGAN_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
 export DCGAN_DATA_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-quick params clean
+.PHONY: install run test test-quick params server server-stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test-quick: install  ## unit tests only
 
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/
 	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"
+
+# The team's MLflow tracking server on PostgreSQL, on 127.0.0.1 (docs/team.md).
+SERVER_PORT ?= 5000
+DB_PORT ?= 5433
+server: install  ## start it (again): prints the MLFLOW_TRACKING_URI to use
+	$(BIN)/python src/server.py start --port $(SERVER_PORT) --db-port $(DB_PORT)
+
+server-stop: install  ## stop it; its runs, registry and artifacts stay in .mlflow-server/
+	$(BIN)/python src/server.py stop
 
 clean:  ## remove run outputs (not the venv, not DVC's cache)
 	rm -rf data/prepared models reports/samples reports/figures outputs multirun

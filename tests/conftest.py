@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -160,12 +162,49 @@ def sweep_runs(client: MlflowClient, experiment: str) -> tuple:
     return parents[0], children
 
 
+def dvc_env(**extra: str) -> dict[str, str]:
+    """``subprocess_env()`` for DVC, whose stage commands run ``python`` (this venv's), plus ``extra``."""
+    return {**subprocess_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
+
+
+def sh(*args: str, cwd: Path, timeout: float = 900, env: Optional[dict] = None) -> str:
+    """Run a command (git, dvc) in ``cwd``; its output, or an AssertionError showing it."""
+    result = subprocess.run(args, cwd=cwd, env=env or dvc_env(), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result.stdout + result.stderr
+
+
+def dvc_project(root: Path, overrides: list[str]) -> Path:
+    """A fresh git+DVC project in ``root`` holding exactly the repo's tracked files, its
+    params.yaml composed with ``overrides``, committed."""
+    from dvc.utils.hydra import compose_and_dump
+
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), overrides)
+    sh("git", "init", "-q", cwd=root)
+    sh("git", "config", "user.email", "test@localhost", cwd=root)
+    sh("git", "config", "user.name", "Test", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "project", cwd=root)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Training:
     """``src/train.py`` started in the background, its output in files we can poll."""
 
-    def __init__(self, workdir: Path, *overrides: str):
+    def __init__(self, workdir: Path, *overrides: str, env: Optional[dict] = None):
         self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
-        env = {**subprocess_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**subprocess_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err

@@ -2,52 +2,24 @@
 Hydra-composed `dvc exp run -S`, and queued experiments landing in the project's MLflow store."""
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from dvc.utils.hydra import compose_and_dump
 from mlflow import MlflowClient
 
-from conftest import REPO, subprocess_env
+from conftest import dvc_env, dvc_project, sh
 
 pytestmark = pytest.mark.slow
 
 TINY = ["debug=tiny", "data.limit=256"]
 
 
-def dvc_env() -> dict:
-    env = subprocess_env()
-    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"  # stage commands run `python`
-    return env
-
-
-def sh(*args: str, cwd: Path, timeout: float = 900) -> str:
-    result = subprocess.run(args, cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh git+DVC project holding exactly the repo's tracked files, set to the tiny profile."""
-    root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, tracked.split("\0")):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), TINY)
-    sh("git", "init", "-q", cwd=root)
-    sh("git", "config", "user.email", "test@localhost", cwd=root)
-    sh("git", "config", "user.name", "Test", cwd=root)
-    sh("git", "add", "-A", cwd=root)
-    sh("git", "commit", "-qm", "project", cwd=root)
-    return root
+    return dvc_project(tmp_path_factory.mktemp("project"), TINY)
 
 
 def ran_stages(output: str) -> list[str]:

@@ -3,7 +3,6 @@ registry's champion, the same for the same seeds; its user errors are one line e
 the champion served over HTTP by `mlflow models serve`."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, compose_config, last_line_error, run_stage, subprocess_env
+from conftest import TINY, compose_config, free_port, last_line_error, run_stage, subprocess_env
 from dcgan.config import GenerateConfig
 from dcgan.errors import UserError
 from dcgan.stages.generate import latent_vectors
@@ -72,6 +71,14 @@ def test_user_errors_are_one_line_and_write_nothing(trained, tmp_path, mount_tmp
         assert last_line_error(result).startswith(expected), override
     assert not (tmp_path / "out").exists()
 
+    # A disk that fills up half-way: none of the set lands, no temp folder is left.
+    full = mount_tmpfs("full", "size=64k")
+    result = run_stage("generate", *TINY, "generate.num_images=64", "generate.png=true", "generate.npy=true",
+                       f"generate.out_dir={full / 'out'}", cwd=trained, check=False)
+    error = last_line_error(result)
+    assert error.startswith(f"error: {full}/") and error.endswith("No space left on device"), error
+    assert [path.name for path in full.iterdir()] == ["out"] and not any((full / "out").iterdir())
+
 
 def test_nothing_to_write_is_a_config_error():
     with pytest.raises(UserError, match="generate: nothing to write"):
@@ -81,9 +88,7 @@ def test_nothing_to_write_is_a_config_error():
 @pytest.mark.slow
 def test_mlflow_serves_the_champion(trained):
     """`mlflow models serve` of models:/dcgan-mnist@champion on loopback: noise in, images out."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/dcgan-mnist@champion",
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{trained / 'mlflow.db'}"}

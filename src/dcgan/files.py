@@ -63,6 +63,21 @@ def check_writable(*folders: Path) -> None:
             raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None
 
 
+@contextmanager
+def staged_outputs(folder: Path) -> Iterator[Path]:
+    """A temp folder beside ``folder`` to write a set of outputs into; once all are written
+    they are renamed into ``folder`` (renames need no space), so a failure half-way (a full
+    disk) leaves none of the new set there, and the temp folder is removed either way."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` atomically."""
     with open(source, "rb") as handle:

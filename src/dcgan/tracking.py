@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 import mlflow
@@ -70,15 +72,78 @@ def check_store(uri: str) -> None:
         with locked(path, wait=True):
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
         return
-    if scheme in ("http", "https"):
-        # One quick attempt instead of MLflow's long retry loop against a dead server.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if scheme.startswith(("postgresql", "mysql", "mssql")):
+        _check_database(uri)
     try:
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        with _fail_fast():
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure here means the store cannot be used
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"MLflow tracking store {uri} is unreachable: {reason[:300]}") from None
+        raise UserError(f"MLflow tracking store {_redacted(uri)} is unreachable: {_reason(exc)}") from None
+
+
+CHECK_TIMEOUT = 15  # seconds the pre-flight check waits for a tracking server's answer
+
+
+@contextmanager
+def _fail_fast() -> Iterator[None]:
+    """One quick attempt instead of MLflow's retries (minutes against a dead server), for
+    the pre-flight check only: once training runs, the retries ride out a server restart."""
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT)}
+    saved = {name: os.environ.get(name) for name in fast}
+    os.environ.update(fast)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "Read timed out" in text:
+        return "no answer in time (is the server's database up? see the server's log)"
+    server_error = re.search(r"too many (5\d\d) error responses|error code (5\d\d)", text)
+    if server_error:
+        return f"the server failed to answer (HTTP {server_error.group(1) or server_error.group(2)}; is its database up? see the server's log)"
+    if "Connection refused" in text or "Failed to establish a new connection" in text:
+        return "connection refused (is the server running? python src/server.py status)"
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _redacted(uri: str) -> str:
+    """``uri`` without the password it may hold."""
+    parsed = urlparse(uri)
+    return uri.replace(f":{parsed.password}@", ":***@") if parsed.password else uri
+
+
+def _check_database(uri: str) -> None:
+    """Connect once to a database store: SQLAlchemy's own start-up retries take over a
+    minute to report a wrong password or a database that is down."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": CHECK_TIMEOUT} if uri.startswith("postgresql") else {})
+        with engine.connect():
+            pass
+    except Exception as exc:  # the driver's own error types (wrong password, refused, unknown database, no driver)
+        lines = [line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()]
+        raise UserError(f"MLflow tracking store {_redacted(uri)}: {lines[0] if lines else type(exc).__name__}") from None
+
+
+@contextmanager
+def store_outage_is_user_error() -> Iterator[None]:
+    """A tracking store that stops answering mid-run, beyond MLflow's retries (minutes for a
+    server): one line; the checkpoint of the last completed round is on disk already."""
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException) as exc:
+        raise UserError(f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run ({_reason(exc)}); "
+                        "completed rounds are checkpointed: rerun the same command to resume into the same run") from None
 
 
 def connect(config: Config) -> str:
@@ -214,7 +279,13 @@ def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bo
     scored otherwise cannot be compared, and keeps the alias. True if it moved."""
     client = mlflow.MlflowClient()
     name = f"dcgan-{scored_on['data']}"
-    version = mlflow.register_model(generator_uri(run_id), name, tags={"fid": repr(fid), "run_id": run_id, **scored_on})
+    source, tags = generator_uri(run_id), {"fid": repr(fid), "run_id": run_id, **scored_on}
+    # An evaluation rerun on the same generator scores it the same: no second version.
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.source == source and all(version.tags.get(key) == value for key, value in tags.items()):
+            log.info("registry: %s version %s already holds this generator, scored the same way", name, version.version)
+            return False
+    version = mlflow.register_model(source, name, tags=tags)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet

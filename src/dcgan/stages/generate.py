@@ -18,7 +18,7 @@ from dcgan.config import Config, GenerateConfig
 from dcgan.data.prepare import normalization
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import UserError
-from dcgan.files import atomic_write, check_writable
+from dcgan.files import atomic_write, check_writable, staged_outputs
 from dcgan.paths import load_trained
 from dcgan.quality import generate as run_generator
 
@@ -83,18 +83,20 @@ def generate_images(config: Config) -> Path:
     pixels = {"normalization": normalization(config.data.pixel_range)}
     images = to_uint8(run_generator(generator, latents), pixels)
     columns = int(np.ceil(np.sqrt(len(images))))
-    if settings.grid:
-        viz.save_png(out / "grid.png", viz.upscale(viz.grid(images, columns), viz.GRID_UPSCALE))
-    if settings.png:
-        for name, image in zip(names, images):
-            viz.save_png(out / f"{name}.png", image)
-    if settings.npy:
-        buffer = io.BytesIO()
-        np.save(buffer, images)
-        atomic_write(out / "images.npy", lambda handle: handle.write(buffer.getvalue()))
-    if settings.interpolation_steps:
-        walk = viz.latent_walk(latents, settings.interpolation_steps)
-        frames = to_uint8(run_generator(generator, walk), pixels)
-        viz.save_gif(out / "interpolation.gif", [viz.upscale(frame, viz.GRID_UPSCALE * 2) for frame in frames], fps=config.evaluate.gif_fps)
+    with staged_outputs(out) as staging:
+        if settings.grid:
+            viz.save_png(staging / "grid.png", viz.upscale(viz.grid(images, columns), viz.GRID_UPSCALE))
+        if settings.png:
+            for name, image in zip(names, images):
+                viz.save_png(staging / f"{name}.png", image)
+        if settings.npy:
+            buffer = io.BytesIO()
+            np.save(buffer, images)
+            atomic_write(staging / "images.npy", lambda handle: handle.write(buffer.getvalue()))
+        if settings.interpolation_steps:
+            walk = viz.latent_walk(latents, settings.interpolation_steps)
+            frames = to_uint8(run_generator(generator, walk), pixels)
+            frames = [viz.upscale(frame, viz.GRID_UPSCALE * 2) for frame in frames]
+            viz.save_gif(staging / "interpolation.gif", frames, fps=config.evaluate.gif_fps)
     log.info("generated %d images from %s into %s", len(images), settings.model, out)
     return out

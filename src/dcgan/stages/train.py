@@ -127,7 +127,8 @@ def train(config: Config) -> dict:
     with locked(out.models_dir):
         prepared, manifest = prepared_dataset(config)
         with locked(prepared, shared=True):  # no prepare replaces the data under a training
-            return _train(config, out, prepared, manifest)
+            with tracking.store_outage_is_user_error():
+                return _train(config, out, prepared, manifest)
 
 
 def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) -> dict:
