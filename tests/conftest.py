@@ -162,14 +162,15 @@ def sweep_runs(client: MlflowClient, experiment: str) -> tuple:
     return parents[0], children
 
 
-def dvc_env(**extra: str) -> dict[str, str]:
-    """``subprocess_env()`` for DVC, whose stage commands run ``python`` (this venv's), plus ``extra``."""
+def venv_env(**extra: str) -> dict[str, str]:
+    """``subprocess_env()`` with this venv's bin first on PATH (DVC's stage commands run
+    ``python``, `mlflow models serve` runs ``uvicorn``), plus ``extra``."""
     return {**subprocess_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
 
 
 def sh(*args: str, cwd: Path, timeout: float = 900, env: Optional[dict] = None) -> str:
     """Run a command (git, dvc) in ``cwd``; its output, or an AssertionError showing it."""
-    result = subprocess.run(args, cwd=cwd, env=env or dvc_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=cwd, env=env or venv_env(), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result.stdout + result.stderr

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import dvc_env, dvc_project, sh
+from conftest import venv_env, dvc_project, sh
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_param_changes_of_every_class_complete_and_so_does_a_rerun_after_a_faile
         assert "train" in repro_completes(project), key
 
     set_param(project, "train.batch_size", 100000)
-    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=dvc_env())
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0 and "train.batch_size: 100000 exceeds" in result.stdout + result.stderr
     assert not (project / "models/generator_best.keras").exists()  # DVC deleted the outputs before the stage ran
     set_param(project, "train.batch_size", 64)
@@ -201,6 +201,6 @@ def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
     assert repro_completes(project) == ["train", "evaluate"]
     assert json.loads((project / "models/checkpoints/state.json").read_text())["rounds"] == 2
     set_param(project, "train.epochs", 1)
-    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=dvc_env())
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0
     assert "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for" in result.stderr

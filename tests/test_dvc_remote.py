@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, dvc_env, dvc_project, free_port, sh
+from conftest import TINY, venv_env, dvc_project, free_port, sh
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_a_push_killed_half_way_and_retried_leaves_the_remote_consistent(team):
         (bulk / f"part-{n:02d}.bin").write_bytes(rng.bytes(8 << 20))
     sh("dvc", "add", "bulk", cwd=project)
     before = remote_is_consistent(remote)
-    push = subprocess.Popen(["dvc", "push"], cwd=project, env=dvc_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    push = subprocess.Popen(["dvc", "push"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while len(remote_objects(remote)) < before + 4 and push.poll() is None:
         time.sleep(0.01)
     push.send_signal(signal.SIGKILL)

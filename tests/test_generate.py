@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, compose_config, free_port, last_line_error, run_stage, subprocess_env
+from conftest import TINY, compose_config, free_port, last_line_error, run_stage, venv_env
 from dcgan.config import GenerateConfig
 from dcgan.errors import UserError
 from dcgan.stages.generate import latent_vectors
@@ -91,7 +91,7 @@ def test_mlflow_serves_the_champion(trained):
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/dcgan-mnist@champion",
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{trained / 'mlflow.db'}"}
+    env = venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{trained / 'mlflow.db'}")
     server = subprocess.Popen(command, cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180

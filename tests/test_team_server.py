@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, Training, dvc_env, dvc_project, free_port, last_line_error, run_stage, sh, sweep_runs
+from conftest import REPO, TINY, Training, venv_env, dvc_project, free_port, last_line_error, run_stage, sh, sweep_runs
 from dcgan import server
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_a_dvc_queue_runs_every_stage_against_the_server(team_server, tmp_path):
     generate reads."""
     profile = [*TINY, "data.limit=256", "tracking.experiment=queued-team"]
     project = dvc_project(tmp_path / "project", profile)
-    env = dvc_env(MLFLOW_TRACKING_URI=team_server.uri)
+    env = venv_env(MLFLOW_TRACKING_URI=team_server.uri)
     # `dvc exp run -S` composes params.yaml from conf/ and the -S overrides alone: all of them, each time.
     sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in [*profile, "optimizer=adam,rmsprop"]), cwd=project, env=env)
     sh("dvc", "queue", "start", "-j", "2", cwd=project, env=env)
@@ -216,7 +216,7 @@ def test_a_wrong_password_or_a_database_that_is_down_is_one_line(team_server, tm
         assert time.monotonic() - began < 120
         error = last_line_error(result)
         assert error.startswith(f"error: MLflow tracking store {team_server.uri} is unreachable: ")
-        assert "is the server's database up?" in error
+        assert "is its database up? see the server's log" in error
         assert not (tmp_path / "models").exists()
     finally:
         assert team_server.command("start").returncode == 0

@@ -104,7 +104,7 @@ def _fail_fast() -> Iterator[None]:
 def _reason(exc: Exception) -> str:
     text = str(exc)
     if "Read timed out" in text:
-        return "no answer in time (is the server's database up? see the server's log)"
+        return "no answer in time (is its database up? see the server's log)"
     server_error = re.search(r"too many (5\d\d) error responses|error code (5\d\d)", text)
     if server_error:
         return f"the server failed to answer (HTTP {server_error.group(1) or server_error.group(2)}; is its database up? see the server's log)"
