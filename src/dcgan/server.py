@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from dcgan.errors import UserError
-from dcgan.files import atomic_write, write_json
+from dcgan.files import write_json
 
 HOST = "127.0.0.1"  # loopback only; docs/team.md says what exposing it takes
 DB_USER = "mlflow"
@@ -109,18 +109,22 @@ def _prepare_postgres_folder(folder: ServerFolder) -> None:
                         "(PostgreSQL refuses to run as root); let others search its parent folders (chmod o+x) or run as a normal user")
 
 
+def _write_private(path: Path, secret: str) -> None:
+    """A new file only its owner can read, from its first byte on."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(secret + "\n")
+
+
 def _initialise_cluster(folder: ServerFolder) -> None:
     """A new cluster with a generated password for its only role, listening on loopback TCP
     only (no Unix socket: nothing on the machine reaches it without the password)."""
     if not folder.password_file.is_file():
-        password = secrets.token_urlsafe(24)
-        atomic_write(folder.password_file, lambda handle: handle.write(password.encode() + b"\n"))
-        folder.password_file.chmod(0o600)
+        _write_private(folder.password_file, secrets.token_urlsafe(24))
     building = folder.postgres / "data.initdb"
     shutil.rmtree(building, ignore_errors=True)  # left by an interrupted start
     password_copy = folder.postgres / ".pwfile"
-    password_copy.write_text(folder.password() + "\n")
-    password_copy.chmod(0o600)
+    password_copy.unlink(missing_ok=True)
+    _write_private(password_copy, folder.password())
     if os.geteuid() == 0:
         shutil.chown(password_copy, ROOT_DB_ACCOUNT, ROOT_DB_ACCOUNT)
     try:
