@@ -273,19 +273,26 @@ def generator_uri(run_id: str) -> str:
 
 
 def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bool:
-    """Register the run's last logged generator as a version of ``dcgan-<data>`` with its FID,
-    and move the champion alias to it if its FID is lower than the champion's, scored the
-    same way (``scored_on``: data, test split, feature space, sample count); a champion
-    scored otherwise cannot be compared, and keeps the alias. True if it moved."""
+    """Register the run's last logged generator as a version of ``dcgan-<data>`` with its FID
+    (once: an evaluation rerun scores it the same), and move the champion alias to it if its
+    FID is lower than the champion's, scored the same way (``scored_on``: data, test split,
+    feature space, sample count); a champion scored otherwise cannot be compared, and keeps
+    the alias. True if it moved.
+
+    A project's registrations take turns (a lock in the project folder): evaluations ending
+    together, as parallel DVC queue workers' do, would otherwise each compare against the
+    same old champion, and the later alias write could crown the worse of them."""
     client = mlflow.MlflowClient()
     name = f"dcgan-{scored_on['data']}"
     source, tags = generator_uri(run_id), {"fid": repr(fid), "run_id": run_id, **scored_on}
-    # An evaluation rerun on the same generator scores it the same: no second version.
-    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-        if version.source == source and all(version.tags.get(key) == value for key, value in tags.items()):
-            log.info("registry: %s version %s already holds this generator, scored the same way", name, version.version)
-            return False
-    version = mlflow.register_model(source, name, tags=tags)
+    with locked(project_root() / "mlflow-registry", wait=True):
+        registered = [version for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                      if version.source == source and all(version.tags.get(key) == value for key, value in tags.items())]
+        version = registered[0] if registered else mlflow.register_model(source, name, tags=tags)
+        return _crown_if_better(client, name, version, fid, scored_on)
+
+
+def _crown_if_better(client: mlflow.MlflowClient, name: str, version, fid: float, scored_on: dict[str, str]) -> bool:
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet
@@ -298,7 +305,7 @@ def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bo
         client.set_registered_model_alias(name, CHAMPION, version.version)
         log.info("registry: %s version %s (FID %.3f) is the %s", name, version.version, fid, CHAMPION)
         return True
-    log.info("registry: %s version %s (FID %.3f) registered; %s stays version %s", name, version.version, fid, CHAMPION, champion.version)
+    log.info("registry: %s version %s (FID %.3f); %s stays version %s", name, version.version, fid, CHAMPION, champion.version)
     return False
 
 
