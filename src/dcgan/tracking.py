@@ -8,9 +8,9 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
