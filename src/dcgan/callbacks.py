@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -22,9 +21,10 @@ import numpy as np
 from dcgan import viz
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.tfrecords import to_uint8
-from dcgan.errors import Interrupted, TrainingDiverged
+from dcgan.errors import TrainingDiverged
 from dcgan.files import atomic_write_text, save_model
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
+from dcgan.signals import StopSignals
 
 PROGRESS = "progress/"  # prefix of in-training quality metrics in ``logs`` and MLflow
 HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds", "skipped_steps", *QUALITY_KEYS)
@@ -111,29 +111,6 @@ def write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-class StopSignals:
-    """While active, SIGINT/SIGTERM only record a request to stop, which ``Checkpointer``
-    honours after the current step; a second signal stops at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received: int | None = None
-
-    def __enter__(self) -> "StopSignals":
-        self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _request(self, signum, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-
-
 class Checkpointer(keras.callbacks.Callback):
     """Commit each finished round (history row, history CSV, the generator if its FID is the
     best so far into the checkpoint folder, then the checkpoint itself), and
@@ -178,11 +155,7 @@ class Checkpointer(keras.callbacks.Callback):
             self._interrupted()
 
     def _interrupted(self):
-        raise Interrupted(
-            self.stop.received,
-            f"{signal.Signals(self.stop.received).name} received: stopped after step {self.state.step}, checkpoint saved in "
-            f"{self.checkpoints.folder}; rerun the same command to resume",
-        )
+        self.stop.check(f"stopped after step {self.state.step}, checkpoint saved in {self.checkpoints.folder}; rerun the same command to resume")
 
     def on_epoch_end(self, round_index, logs=None):
         row = {

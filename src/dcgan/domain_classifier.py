@@ -18,6 +18,7 @@ from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
 from dcgan.files import locked, write_json
 from dcgan.models.classifier import build_classifier, with_features
 from dcgan.data.prepare import prepared_dataset
+from dcgan.signals import StopAtSignal, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,20 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
     # TF global seed 0 (metrics.classifier.seed's default) is what every classifier behind
     # the scores in docs/results.md was trained with.
     keras.utils.set_random_seed(settings.seed)
-    classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
-    classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    classifier.fit(
-        _labelled(prepared, manifest, "train", settings.batch_size, settings.seed),
-        epochs=report["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        shuffle=False,  # the dataset shuffles itself
-        verbose=2,
-    )
-    _, accuracy = classifier.evaluate(_labelled(prepared, manifest, "test", 512), verbose=0)
+    with stop_signals as stop:
+        at_signal = StopAtSignal(stop, f"stopped while training the domain classifier ({folder} is not kept); rerun the same command")
+        classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
+        classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        stop.check(at_signal.consequence)
+        classifier.fit(
+            _labelled(prepared, manifest, "train", settings.batch_size, settings.seed),
+            epochs=report["epochs"],
+            steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # the dataset shuffles itself
+            verbose=2,
+            callbacks=[at_signal],
+        )
+        _, accuracy = classifier.evaluate(_labelled(prepared, manifest, "test", 512), verbose=0, callbacks=[at_signal])
     classifier.save(folder / MODEL)
     report["classifier_accuracy"] = float(accuracy)
     write_json(folder / REPORT, report)  # last: a folder with a report is complete

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import models, quality, resume, search, tracking, viz
-from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, StopSignals, Throughput, write_history
+from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput, write_history
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, to_dict
 from dcgan.data.pipeline import training_dataset
@@ -28,6 +28,7 @@ from dcgan.models.layers import standard_copy
 from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.precision import resolve_precision, set_precision
 from dcgan.resume import Schedule
+from dcgan.signals import StopSignals, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,14 @@ def train(config: Config) -> dict:
     tracking.connect(config)  # before any work: an unusable store fails in seconds
     out = outputs_of(config)
     check_writable(out.models_dir, out.reports_dir, out.checkpoints, out.samples)
-    with locked(out.models_dir):
+    with locked(out.models_dir), stop_signals as stop:
         prepared, manifest = prepared_dataset(config)
         with locked(prepared, shared=True):  # no prepare replaces the data under a training
             with tracking.store_outage_is_user_error():
-                return _train(config, out, prepared, manifest)
+                return _train(config, out, prepared, manifest, stop)
 
 
-def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) -> dict:
+def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, stop: StopSignals) -> dict:
     schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
     # Both may take a while once (the domain classifier, a precision probe): before seeding.
     scorer = quality.scorer_for(config, prepared, manifest, config.metrics.train_samples) if config.metrics.every else None
@@ -143,8 +144,9 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict) ->
     state = resume.resume_or_start(config, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out)
     grid_noise, scoring_noise = _fixed_noise(config)
     resume.rescore_if_changed(config, state, schedule, gan, scorer, scoring_noise, checkpoints)
+    stop.check("stopped before training; rerun the same command")
 
-    with tracking.start_run(config, state.mlflow_run_id) as run, StopSignals() as stop:
+    with tracking.start_run(config, state.mlflow_run_id) as run:
         if state.mlflow_run_id != run.info.run_id:
             state.mlflow_run_id = run.info.run_id
             _log_run_inputs(config, manifest, prepared, gan)
