@@ -1,8 +1,10 @@
-"""Feature-space quality metrics against closed forms and slow loop-based references."""
+"""Feature-space quality metrics against closed forms, slow loop-based references and an
+independent implementation (the ``prdc`` package of Naeem et al.)."""
 
 import math
 
 import numpy as np
+import prdc
 import pytest
 from scipy import linalg
 
@@ -77,6 +79,14 @@ def test_fid_matches_closed_form_correlated():
     b = rng.multivariate_normal(mu2, s2, size=20000)
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
     assert frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
+
+
+def test_fid_of_fixed_points_is_the_hand_computed_value():
+    # Real: the 4 unit points on the axes, mean 0, unbiased covariance (2/3) I. Fake: the same
+    # scaled by 2 and shifted by (3, 4), so covariance (8/3) I and (S_r S_f)^1/2 = (4/3) I:
+    # FID = 3^2 + 4^2 + 2 (2/3 + 8/3 - 2 * 4/3) = 25 + 4/3.
+    real = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert frechet_distance(real, 2 * real + [3.0, 4.0]) == pytest.approx(25 + 4 / 3, rel=1e-12)
 
 
 def test_fid_self_is_zero_and_symmetric():
@@ -182,6 +192,18 @@ def test_density_coverage_match_slow_reference(small_sets):
     got = density_coverage(real, fake, k=k, batch_size=BATCH)
     assert got == {"density": pytest.approx(density), "coverage": pytest.approx(coverage)}
     assert 0 < got["coverage"] < 1
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_prdc_package_gives_the_same_four_figures(k, capsys):
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(600, 64))
+    # A shifted, wider part and a cluster far from the real data: every figure strictly in (0, 1).
+    fake = np.concatenate([rng.normal(0.2, 1.1, size=(400, 64)), rng.normal(3.0, 0.5, size=(100, 64))])
+    expected = prdc.compute_prdc(real, fake, nearest_k=k)
+    got = {**precision_recall(real, fake, k=k, batch_size=128), **density_coverage(real, fake, k=k, batch_size=128)}
+    assert got == pytest.approx({name: float(value) for name, value in expected.items()}, abs=1e-12)
+    assert all(0 < got[name] < 1 for name in ("precision", "recall", "coverage")), got
 
 
 def test_precision_recall_extremes():
