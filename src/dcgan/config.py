@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -34,6 +34,7 @@ def _require_seed(value: int, key: str) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
+AUGMENTATIONS = ("color", "translation", "cutout")  # dcgan.augment
 PIXEL_RANGES = ([-1.0, 1.0], [0.0, 1.0])  # generator output: tanh, sigmoid
 LABEL_SOURCES = ("none", "subfolder", "prefix")
 MIRROR_PREFIX = "mirror:"
@@ -198,6 +199,7 @@ class TrainConfig:
     lr_decay: float = 0.0  # > 0: both learning rates fall linearly to 0 over this last share of the steps
     r1_gamma: float = 0.0  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
     r1_interval: int = 16  # applied every this many steps, scaled to match (lazy, as in StyleGAN2)
+    augment: List[str] = field(default_factory=list)  # DiffAugment on D's inputs: any of AUGMENTATIONS, applied in order
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
@@ -223,6 +225,9 @@ class TrainConfig:
         _require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
         _require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
         _require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
+        unknown = [name for name in self.augment if name not in AUGMENTATIONS]
+        _require(not unknown, "train.augment", f"unknown augmentation {unknown[0] if unknown else ''!r}: choose from {', '.join(AUGMENTATIONS)}")
+        _require(len(set(self.augment)) == len(self.augment), "train.augment", f"lists an augmentation twice: {list(self.augment)}")
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
         _require_seed(self.seed, "train.seed")
         _require_seed(self.sample_seed, "train.sample_seed")

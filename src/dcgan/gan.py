@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dcgan.augment import augment
 from dcgan.models.layers import standard_copy
 
 
@@ -59,6 +60,8 @@ class GAN(keras.Model):
       images (Mescheder et al. 2018, "Which Training Methods for GANs do actually
       Converge?"), applied every ``r1_interval`` steps with gamma scaled to match (lazy R1,
       StyleGAN2, Karras et al. 2020).
+    - ``augment``: DiffAugment's transformations (``dcgan.augment``) applied to every image
+      D sees, real or generated, the R1 penalty's included (as StyleGAN2-ADA does).
 
     Logged: ``d_loss``, ``g_loss``, D's mean probability on real (``d_real``) and generated
     (``d_fake``) images, and under mixed precision ``skipped_steps`` (``SkipNonFiniteSteps``).
@@ -66,7 +69,7 @@ class GAN(keras.Model):
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, label_noise: float = 0.0,
                  label_smoothing: float = 0.0, ema_decay: float = 0.0, joint_batch: bool = False, r1_gamma: float = 0.0,
-                 r1_interval: int = 1, **kwargs):
+                 r1_interval: int = 1, augment: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -74,6 +77,7 @@ class GAN(keras.Model):
         self.joint_batch = joint_batch
         self.r1_gamma = r1_gamma
         self.r1_interval = r1_interval
+        self.augment = tuple(augment)
         self.sampler = standard_copy(generator)
         self.latent_dim = latent_dim
         self.label_noise = label_noise
@@ -126,13 +130,17 @@ class GAN(keras.Model):
         return noise[index * batch_size : (index + 1) * batch_size]
 
     def _discriminate(self, real_images: tf.Tensor, fake_images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """D's outputs on the real and the generated batch: one call with ``joint_batch``,
-        else two."""
+        """D's outputs on the real and the generated batch (each augmented): one call with
+        ``joint_batch``, else two."""
+        real_images, fake_images = self._augmented(real_images), self._augmented(fake_images)
         if not self.joint_batch:
             return self.discriminator(real_images, training=True), self.discriminator(fake_images, training=True)
         scores = self.discriminator(tf.concat([real_images, fake_images], axis=0), training=True)
         batch_size = tf.shape(real_images)[0]
         return scores[:batch_size], scores[batch_size:]
+
+    def _augmented(self, images: tf.Tensor) -> tf.Tensor:
+        return augment(images, self.augment, self.seed_generator) if self.augment else images
 
     def _targets(self, real: bool, like: tf.Tensor) -> tf.Tensor:
         """D's targets: 1 - label_smoothing for real images, 0 for generated ones, each moved
@@ -157,7 +165,7 @@ class GAN(keras.Model):
         with tf.GradientTape() as weights_tape:
             with tf.GradientTape() as images_tape:
                 images_tape.watch(real_images)
-                real_logit_sum = tf.reduce_sum(self.discriminator(real_images, training=True))
+                real_logit_sum = tf.reduce_sum(self.discriminator(self._augmented(real_images), training=True))
             slopes = images_tape.gradient(real_logit_sum, real_images)
             squared_norms = tf.reduce_sum(tf.square(tf.cast(slopes, "float32")), axis=tf.range(1, tf.rank(slopes)))
             # Divided by the replica count as Keras does the losses: replicas' gradients are summed.
