@@ -99,3 +99,5 @@ def test_an_unknown_or_repeated_augmentation_is_a_config_error():
         compose_config([*TINY, "train.augment=[color,blur]"])
     with pytest.raises(UserError, match="train.augment: lists an augmentation twice"):
         compose_config([*TINY, "train.augment=[cutout,cutout]"])
+    with pytest.raises(UserError, match=r"^config key train.augment: must be a list such as \[a,b\] \(or \[\] for none\), got 'color'$"):
+        compose_config([*TINY, "train.augment=color"])

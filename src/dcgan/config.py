@@ -394,7 +394,10 @@ def _optimizer_settings(name: str, network: str, raw: Any) -> Any:
 
 
 def _short(exc: OmegaConfBaseException) -> str:
-    return str(exc).splitlines()[0]
+    message = str(exc).splitlines()[0]
+    if "is not a ListConfig" in message:  # OmegaConf's words for a scalar where a list belongs
+        return f"must be a list such as [a,b] (or [] for none), got {getattr(exc, 'value', None)!r}"
+    return message
 
 
 def validate(cfg: DictConfig | dict) -> Config:
