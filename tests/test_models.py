@@ -322,7 +322,7 @@ def test_lr_decay_holds_then_falls_linearly_to_zero():
 def test_mixed_precision_steps_keep_float32_weights_and_outputs(tiny_prepared, precision):
 
     gan, batch = _gan_and_batch(tiny_prepared, compose_config([*TINY, f"train.precision={precision}"]))
-    logs = gan.train_step(batch)
+    logs = gan.train_step(batch[:4])  # float16 convolutions are emulated on CPUs: a few images suffice
     assert all(np.isfinite(float(v)) for v in logs.values())
     assert gan.generator.layers[1].compute_dtype == precision.removeprefix("mixed_")  # hidden layers: low precision
     assert all(w.dtype == "float32" for w in gan.generator.weights + gan.discriminator.weights)
