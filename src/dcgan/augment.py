@@ -38,6 +38,11 @@ def _color(images: tf.Tensor, seed: keras.random.SeedGenerator) -> tf.Tensor:
     return (images - image_mean) * _uniform(images, seed, 0.5, 1.5) + image_mean
 
 
+def _pixels(side: tf.Tensor, share: float) -> tf.Tensor:
+    """``share`` of ``side`` pixels, rounded."""
+    return tf.cast(tf.cast(side, "float32") * share + 0.5, "int32")
+
+
 def _shift_matrices(size: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     """(N, size, size): row i of image n picks source index i - offsets[n]; an index outside
     the image gives an all-zero row (``tf.one_hot``), so shifted-in pixels are 0."""
@@ -54,8 +59,7 @@ def _translation(images: tf.Tensor, seed: keras.random.SeedGenerator) -> tf.Tens
     """Shift each image by up to 1/8 of its side in both directions, filling with zeros. As
     products with one-hot shift matrices, so exact and differentiable."""
     height, width = tf.shape(images)[1], tf.shape(images)[2]
-    max_dy = tf.cast(tf.cast(height, "float32") * TRANSLATION + 0.5, "int32")
-    max_dx = tf.cast(tf.cast(width, "float32") * TRANSLATION + 0.5, "int32")
+    max_dy, max_dx = _pixels(height, TRANSLATION), _pixels(width, TRANSLATION)
     rows = _shift_matrices(height, _integer_offsets(images, seed, -max_dy, max_dy + 1))
     cols = _shift_matrices(width, _integer_offsets(images, seed, -max_dx, max_dx + 1))
     return tf.einsum("nyi,nijc,nxj->nyxc", tf.cast(rows, images.dtype), images, tf.cast(cols, images.dtype))
@@ -69,8 +73,7 @@ def _within(offset: tf.Tensor, half: tf.Tensor) -> tf.Tensor:
 def _cutout(images: tf.Tensor, seed: keras.random.SeedGenerator) -> tf.Tensor:
     """Zero a square of half the image's side at a random centre (clipped at the borders)."""
     height, width = tf.shape(images)[1], tf.shape(images)[2]
-    half_h = tf.cast(tf.cast(height, "float32") * CUTOUT / 2 + 0.5, "int32")
-    half_w = tf.cast(tf.cast(width, "float32") * CUTOUT / 2 + 0.5, "int32")
+    half_h, half_w = _pixels(height, CUTOUT / 2), _pixels(width, CUTOUT / 2)
     centre_y = _integer_offsets(images, seed, 0, height)[:, None]
     centre_x = _integer_offsets(images, seed, 0, width)[:, None]
     inside_y = _within(tf.range(height)[None, :] - centre_y, half_h)  # (N, H)

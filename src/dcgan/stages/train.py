@@ -88,7 +88,7 @@ def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
         gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise,
                   label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
                   joint_batch=config.model.d_joint_batch, r1_gamma=config.train.r1_gamma, r1_interval=config.train.r1_interval,
-                  augment=tuple(config.train.augment))
+                  augment=config.train.augment)
         gan.compile(
             d_optimizer=optimizer("discriminator"),
             g_optimizer=optimizer("generator"),
