@@ -26,6 +26,21 @@ def test_rmsprop_group():
     assert config.optimizer.discriminator.clipvalue == 1.0 and config.optimizer.generator.clipvalue is None
 
 
+def test_flowers64_brings_its_recipe_and_the_command_line_still_wins():
+    """data=flowers64 alone (also the own-folder command) trains with the photo recipe; flowers128
+    and the presets built on the same photos do not inherit it."""
+    recipe = compose_config(["data=flowers64"])
+    assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 64, 64)
+    assert recipe.train.augment == ["color", "translation", "cutout"] and recipe.train.epochs == 70 and recipe.metrics.every == 5
+    assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
+    own = compose_config(["data=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.augment=[]", "metrics.every=1"])
+    assert (own.data.path, own.model.name, own.train.augment, own.metrics.every) == ("/photos", "dcgan_rgb128", [], 1)
+    plain = compose_config(["data=flowers128", "model=dcgan"])
+    assert plain.data.name == "flowers128" and plain.train.augment == [] and plain.train.epochs == 9
+    preset = compose_config(["experiment=faces128_rmsprop"])
+    assert (preset.data.name, preset.model.name, preset.train.augment, preset.metrics.every) == ("flowers128", "dcgan_rgb128", [], 2)
+
+
 def test_params_yaml_is_the_composed_conf():
     """params.yaml is what `dvc exp run` composes from conf/; it must not drift (`make params`)."""
     from dvc.utils.hydra import compose_and_dump
