@@ -2,8 +2,8 @@
 
 Streams must keep memory flat as the folder grows: this runs the real prepare entry point
 on the folder and on a 3x copy (symlinks under new names), each in a fresh process, and
-prints images/s and the peak resident memory of the largest process (the stage or one
-of its decode workers).
+prints images/s and the peak resident memory of the stage's process (RUSAGE_CHILDREN: the
+largest of the processes it waited for).
 
     python benchmarks/prepare_memory.py [--data flowers128] [--folder PATH]
 """

@@ -1,6 +1,6 @@
 """Image folders (any tree of JPEG/PNG files, e.g. CelebA's img_align_celeba/) as a source.
 
-Files are decoded, center-cropped to a square and resized in a pool of worker processes,
+Files are decoded, center-cropped to a square and resized in a pool of worker threads,
 streamed in a fixed order, so memory stays flat however large the folder is. A file
 that cannot be read, or is smaller than the target size, is skipped and reported.
 """
@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from multiprocessing import Pool
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -104,7 +104,9 @@ def _load_task(args: tuple[Path, int, int]) -> tuple[Optional[np.ndarray], str]:
 def decode_parallel(files: list[ImageFile], size: int, channels: int, failures: list[dict], workers: Optional[int] = None) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (image, label) for each readable file, in file order; record the others in ``failures``."""
     workers = workers or os.cpu_count() or 1
-    with Pool(workers) as pool:
+    # Threads, not processes: PIL releases the GIL while it decodes and resizes, and forking a
+    # process whose TensorFlow threads run (a sweep's later jobs train in it) can deadlock a child.
+    with ThreadPool(workers) as pool:
         results = pool.imap(_load_task, ((f.path, size, channels) for f in files), chunksize=CHUNK)
         for file, (image, reason) in zip(files, results):
             if image is None:
