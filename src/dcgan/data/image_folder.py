@@ -97,17 +97,13 @@ def load_square(path: Path, size: int, channels: int) -> tuple[Optional[np.ndarr
     return (array[..., np.newaxis] if channels == 1 else array), ""
 
 
-def _load_task(args: tuple[Path, int, int]) -> tuple[Optional[np.ndarray], str]:
-    return load_square(*args)
-
-
 def decode_parallel(files: list[ImageFile], size: int, channels: int, failures: list[dict], workers: Optional[int] = None) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (image, label) for each readable file, in file order; record the others in ``failures``."""
     workers = workers or os.cpu_count() or 1
     # Threads, not processes: PIL releases the GIL while it decodes and resizes, and forking a
     # process whose TensorFlow threads run (a sweep's later jobs train in it) can deadlock a child.
     with ThreadPool(workers) as pool:
-        results = pool.imap(_load_task, ((f.path, size, channels) for f in files), chunksize=CHUNK)
+        results = pool.imap(lambda file: load_square(file.path, size, channels), files, chunksize=CHUNK)
         for file, (image, reason) in zip(files, results):
             if image is None:
                 failures.append({"file": file.relative, "reason": reason})
