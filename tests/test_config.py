@@ -30,13 +30,13 @@ def test_flowers64_brings_its_recipe_and_the_command_line_still_wins():
     """data=flowers64 alone (also the own-folder command) trains with the photo recipe; flowers128
     and the presets built on the same photos do not inherit it."""
     recipe = compose_config(["data=flowers64"])
-    assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 64, 64)
-    assert recipe.train.epochs == 70 and recipe.metrics.every == 5 and recipe.train.augment == []
+    assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 32, 64)
+    assert recipe.train.epochs == 200 and recipe.metrics.every == 10 and recipe.train.augment == []
     assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
     own = compose_config(["data=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"])
     assert (own.data.path, own.model.name, own.train.epochs, own.metrics.every) == ("/photos", "dcgan_rgb128", 3, 1)
     plain = compose_config(["data=flowers128", "model=dcgan"])
-    assert plain.data.name == "flowers128" and plain.train.epochs == 9 and plain.metrics.every == 1
+    assert (plain.data.name, plain.model.filters, plain.train.epochs, plain.metrics.every) == ("flowers128", 64, 9, 1)
     preset = compose_config(["experiment=faces128_rmsprop"])
     assert (preset.data.name, preset.model.name, preset.train.iterations, preset.metrics.every) == ("flowers128", "dcgan_rgb128", 15000, 2)
 
