@@ -26,19 +26,23 @@ def test_rmsprop_group():
     assert config.optimizer.discriminator.clipvalue == 1.0 and config.optimizer.generator.clipvalue is None
 
 
-def test_flowers64_brings_its_recipe_and_the_command_line_still_wins():
-    """data=flowers64 alone (also the own-folder command) trains with the photo recipe; flowers128
-    and the presets built on the same photos do not inherit it."""
+def test_photo_data_options_bring_their_recipes_and_the_command_line_still_wins():
+    """data=flowers64 / flowers128 alone (flowers64 is also the own-folder command) train with the
+    photo recipe at their size; a model or setting on the command line, or a preset, wins."""
     recipe = compose_config(["data=flowers64"])
     assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 32, 64)
     assert recipe.train.epochs == 200 and recipe.metrics.every == 10 and recipe.train.augment == []
     assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
+    large = compose_config(["data=flowers128"])
+    assert (large.data.name, large.data.image_size, large.model.name, large.model.filters) == ("flowers128", 128, "dcgan", 16)
+    assert (large.train.epochs, large.metrics.every, large.train.r1_gamma) == (200, 10, 0.1)
     own = compose_config(["data=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"])
     assert (own.data.path, own.model.name, own.train.epochs, own.metrics.every) == ("/photos", "dcgan_rgb128", 3, 1)
-    plain = compose_config(["data=flowers128", "model=dcgan"])
-    assert (plain.data.name, plain.model.filters, plain.train.epochs, plain.metrics.every) == ("flowers128", 64, 9, 1)
+    wide = compose_config(["data=flowers128", "model=dcgan"])
+    assert (wide.data.name, wide.model.filters) == ("flowers128", 64)
     preset = compose_config(["experiment=faces128_rmsprop"])
     assert (preset.data.name, preset.model.name, preset.train.iterations, preset.metrics.every) == ("flowers128", "dcgan_rgb128", 15000, 2)
+    assert (preset.train.ema_decay, preset.train.r1_gamma, preset.train.batch_size) == (0.0, 0.0, 16)
 
 
 def test_params_yaml_is_the_composed_conf():
