@@ -179,19 +179,38 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
+_DUPLICATE_ROW = re.compile(r"RESOURCE_ALREADY_EXISTS|UNIQUE constraint failed|violates unique constraint")
+
+
+def once_more_if_raced(action):
+    """``action()``, and once more if another process inserted the same row (experiment,
+    dataset) between MLflow's lookup and its insert, as parallel sweep jobs and DVC queue
+    workers starting together do: the second lookup finds the winner's row."""
+    try:
+        return action()
+    except MlflowException as exc:
+        if not _DUPLICATE_ROW.search(f"{exc.error_code} {exc}"):
+            raise
+        return action()
+
+
 def experiment_id(name: str) -> str:
     """The experiment's id, creating it if needed. With a local SQLite store, artifacts go
     to ``<project>/mlartifacts`` (not a path relative to wherever the first run happened
     to start, which for a queued DVC experiment is a temp copy deleted afterwards)."""
     # The kind makes `mlflow ui` open it in the model-training view, not the GenAI one.
     kind = {EXPERIMENT_KIND: "custom_model_development"}
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
-        return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None, tags=kind)
-    if EXPERIMENT_KIND not in experiment.tags:  # made before the kind was set
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, kind[EXPERIMENT_KIND])
-    return experiment.experiment_id
+
+    def lookup_or_create() -> str:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
+            return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None, tags=kind)
+        if EXPERIMENT_KIND not in experiment.tags:  # made before the kind was set
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, kind[EXPERIMENT_KIND])
+        return experiment.experiment_id
+
+    return once_more_if_raced(lookup_or_create)
 
 
 def run_name(config: Config) -> str:
@@ -318,7 +337,7 @@ def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> N
 
     schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *manifest["image_shape"]), "image")])
     dataset = MetaDataset(resolve_dataset_source(str(folder.resolve())), name=name, digest=digest[:36], schema=schema)
-    mlflow.log_input(dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])})
+    once_more_if_raced(lambda: mlflow.log_input(dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])}))
 
 
 def log_generator(generator, latent_dim: int, round_number: int) -> None:
