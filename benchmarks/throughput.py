@@ -94,8 +94,10 @@ def forward_flops(model: keras.Model) -> int:
 
 def training_flops(generator: keras.Model, discriminator: keras.Model) -> int:
     """Per training image: G forward + backward (3 G), D forward and backward on a real and
-    a generated image for D's loss (2 x 3 D), and backward through D for G's loss (2 D)."""
-    return 3 * forward_flops(generator) + 8 * forward_flops(discriminator)
+    a generated image for D's loss (2 x 3 D), and D's input gradients for G's loss (1 D: its
+    weight gradients there are never used, and TensorFlow prunes them; docs/speed.md). The
+    lazy R1 penalty's passes (every ``r1_interval`` steps) are not counted."""
+    return 3 * forward_flops(generator) + 7 * forward_flops(discriminator)
 
 
 def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int, fused_batch_norm: bool = False):
