@@ -43,6 +43,25 @@ def pytest_configure(config):
     os.environ[MIRROR_ENV] = str(MIRROR)
     # train.precision=auto's per-machine cache: measured once per test session, not read from the user's.
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="dcgan-cache-"))
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and workers:
+        # Each parallel worker on its own share of the cores, and so are the processes it starts
+        # (they size their thread pools by affinity): TensorFlow's pools of two workers on the
+        # same cores wait on each other, which made two workers slower than one.
+        cores = sorted(os.sched_getaffinity(0))
+        share = cores[int(worker.removeprefix("gw")) % len(cores)::int(workers)]
+        os.sched_setaffinity(0, share or cores)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """With ``make test``'s parallel workers (``--dist loadgroup``) a module's tests run on
+    one worker, so its module-scoped fixtures (a trained classifier, a team server) are made
+    once. The tests marked ``xdist_group("ray")`` share one worker across modules: a loopback
+    Ray cluster's ``ray stop`` stops every Ray process on the machine."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> Config:
