@@ -24,17 +24,18 @@ install: $(BIN)/.installed
 run: install  ## prepare -> classifier -> train -> evaluate with the default config (about 30 min on 2 cores)
 	dvc repro
 
-# Two pytest-xdist workers: much of a test is single-threaded start-up, DVC and MLflow, so two
-# at once keep both cores busy (TEST_WORKERS=0: one process, no workers).
+# The whole suite on two pytest-xdist workers: much of a slow test is single-threaded start-up,
+# DVC and MLflow, so two at once keep both cores busy (TEST_WORKERS=0: one process, no workers).
+# The quick subset stays in one process: one long module fixture dominates it, so workers only add
+# their start-up.
 TEST_WORKERS ?= 2
-PYTEST = $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: install  ## lint, then the whole suite, slow end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
-	$(PYTEST)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-quick: install  ## unit tests only
-	$(PYTEST) -m 'not slow'
+	$(BIN)/pytest -m 'not slow'
 
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/
 	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"
