@@ -24,15 +24,16 @@ install: $(BIN)/.installed
 run: install  ## prepare -> classifier -> train -> evaluate with the default config (about 30 min on 2 cores)
 	dvc repro
 
-# The whole suite on two pytest-xdist workers: much of a slow test is single-threaded start-up,
-# DVC and MLflow, so two at once keep both cores busy (TEST_WORKERS=0: one process, no workers).
+# The whole suite on two pytest-xdist workers, a test module's tests on one worker (its module
+# fixtures made once): much of a slow test is single-threaded start-up, DVC and MLflow, so two
+# at once keep both cores busy (TEST_WORKERS=0: one process, no workers).
 # The quick subset stays in one process: one long module fixture dominates it, so workers only add
 # their start-up.
 TEST_WORKERS ?= 2
 
 test: install  ## lint, then the whole suite, slow end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-quick: install  ## unit tests only
 	$(BIN)/pytest -m 'not slow'

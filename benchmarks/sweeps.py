@@ -22,6 +22,7 @@ domain classifier trained) before the clocks start.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import socket
 import subprocess
@@ -60,26 +61,29 @@ def prepare(workdir: Path, overrides: list[str]) -> None:
 def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
     """A Ray cluster of ``nodes`` nodes on 127.0.0.1, each a separate ``ray start`` (the head
     first), stopped (``ray stop``: every Ray process of this machine) on exit; yields the
-    head's address for ``hydra.launcher.address``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"127.0.0.1:{port}"
-    ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}",
-           "--object-store-memory=100000000", "--disable-usage-stats"]
-    # The head's temp dir, short: Ray's socket paths must fit in 107 characters.
-    head = [*ray, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"]
-    # Without token authentication: a token in ~/.ray (which a `ray.init()` of its own writes)
-    # turns it on for the head, and the worker nodes would then need it too.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    try:
-        for command in [head] + [[*ray, f"--address={address}"]] * (nodes - 1):
-            started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-            if started.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)} failed:\n{started.stderr[-2000:]}")
-        yield address
-    finally:
-        subprocess.run([ray[0], "stop", "--force"], capture_output=True, timeout=120)
+    head's address for ``hydra.launcher.address``. One at a time per machine: a second
+    cluster waits for the first one's ``ray stop``, which would otherwise stop it too."""
+    with open(Path(tempfile.gettempdir()) / "dcgan-loopback-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        address = f"127.0.0.1:{port}"
+        ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}",
+               "--object-store-memory=100000000", "--disable-usage-stats"]
+        # The head's temp dir, short: Ray's socket paths must fit in 107 characters.
+        head = [*ray, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"]
+        # Without token authentication: a token in ~/.ray (which a `ray.init()` of its own writes)
+        # turns it on for the head, and the worker nodes would then need it too.
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        try:
+            for command in [head] + [[*ray, f"--address={address}"]] * (nodes - 1):
+                started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+                if started.returncode != 0:
+                    raise RuntimeError(f"{' '.join(command)} failed:\n{started.stderr[-2000:]}")
+            yield address
+        finally:
+            subprocess.run([ray[0], "stop", "--force"], capture_output=True, timeout=120)
 
 
 def launchers(jobs: int, overrides: list[str]) -> None:

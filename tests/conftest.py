@@ -53,17 +53,6 @@ def pytest_configure(config):
         os.sched_setaffinity(0, share or cores)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """With ``make test``'s parallel workers (``--dist loadgroup``) a module's tests run on
-    one worker, so its module-scoped fixtures (a trained classifier, a team server) are made
-    once. The tests marked ``xdist_group("ray")`` share one worker across modules: a loopback
-    Ray cluster's ``ray stop`` stops every Ray process on the machine."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> Config:
     """The real composed config with ``overrides``, its outputs under ``tmp_path``."""
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

@@ -66,7 +66,6 @@ def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
                         out.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("ray")
 def test_sweep_benchmark_times_the_three_launchers(tmp_path):
     out = run_benchmark(tmp_path, "sweeps.py", "launchers", "--jobs", "2")
     assert re.search(r"basic launcher, 2 jobs one after another: [\d.]+ s", out)

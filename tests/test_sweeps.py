@@ -97,7 +97,6 @@ def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")
 def test_ray_launcher_runs_the_jobs_on_a_two_node_cluster(tmp_path):
     """A head and a worker node, separate `ray start` processes on loopback with one CPU
     each: the two jobs (one CPU each) run on both nodes at once, into the one store."""
