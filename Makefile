@@ -11,7 +11,11 @@ DCGAN_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
 export DCGAN_DATA_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-quick params server server-stop clean
+# Debian packages the tests start for real: Graphviz draws the architecture diagrams logged to
+# MLflow, PostgreSQL backs the team's MLflow server, OpenSSH serves the DVC SSH remote.
+SYSTEM_PACKAGES := graphviz postgresql openssh-server
+
+.PHONY: install system-packages run test test-quick params server server-stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +35,10 @@ run: install  ## prepare -> classifier -> train -> evaluate with the default con
 # their start-up.
 TEST_WORKERS ?= 2
 
-test: install  ## lint, then the whole suite, slow end-to-end tests included
+system-packages:  ## install SYSTEM_PACKAGES when missing (as root, with apt-get); otherwise their tests skip
+	@bash .ci/system-packages $(SYSTEM_PACKAGES)
+
+test: install system-packages  ## lint, then the whole suite, slow end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from projects import as_project
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +55,7 @@ def main() -> None:
                     (folder / f"{image.stem}-{copy}{image.suffix}").symlink_to(image)
             workdir = Path(tmp) / f"work{copies}"
             workdir.mkdir()
+            as_project(workdir)
             seconds, peak = run_prepare(workdir, args.data, folder)
             results[copies] = (len(images) * copies, seconds, peak)
             print(f"{copies}x folder: {len(images) * copies} images in {seconds:.1f} s "

@@ -36,6 +36,7 @@ from typing import Iterator
 import optuna
 
 from dcgan import search
+from projects import as_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def launchers(jobs: int, overrides: list[str]) -> None:
     sweep = ["-m", "debug=tiny", *overrides, "optimizer=adam,rmsprop", f"train.seed={seeds}"]
     half = max(1, len(os.sched_getaffinity(0)) // 2)
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = as_project(Path(tmp))
         prepare(workdir, ["debug=tiny", *overrides])
         basic = train(workdir, *sweep)
         print(f"basic launcher, {jobs} jobs one after another: {basic:.1f} s", flush=True)
@@ -115,7 +116,7 @@ def run_search(workdir: Path, name: str, trials: int, prune: bool, overrides: li
 
 def searches(trials: int, overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = as_project(Path(tmp))
         prepare(workdir, overrides)
         results = {}
         for name, prune in (("pruned", True), ("unpruned", False)):

@@ -22,6 +22,7 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,8 @@ from dcgan.data.pipeline import load_images
 from dcgan.precision import resolve_precision
 from dcgan.data.prepare import prepared_dataset
 from quality import tutorial_curve
-from throughput import REPO, configure, history
+from projects import as_project
+from throughput import REPO, configure
 
 
 def run_default(config: Config, workdir: Path, target: float, stop_at_target: bool, overrides: list[str]) -> tuple[list[tuple[float, dict]], float | None]:
@@ -50,7 +52,7 @@ def run_default(config: Config, workdir: Path, target: float, stop_at_target: bo
         f"paths.models_dir={workdir / 'models'}", f"paths.reports_dir={workdir / 'reports'}",
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
     ]
-    csv = workdir / "reports/train_history.csv"
+    state = workdir / "models/checkpoints/state.json"  # its history grows by a row per committed round
     rows: list[tuple[float, dict]] = []
     reached = None
     started = time.perf_counter()
@@ -60,7 +62,7 @@ def run_default(config: Config, workdir: Path, target: float, stop_at_target: bo
             time.sleep(1.0)
             if reached is not None and stop_at_target:
                 continue  # stopping: rounds it may still finish do not count
-            done = history(csv) if csv.is_file() else []
+            done = json.loads(state.read_text())["history"] if state.is_file() else []
             for row in done[len(rows):]:
                 minutes = (time.perf_counter() - started) / 60
                 rows.append((minutes, row))
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--stop-at-target", action="store_true", help="stop the default run once it reaches the target")
     parser.add_argument("overrides", nargs="*", help="config overrides for the default run, e.g. train.epochs=3")
     args = parser.parse_intermixed_args()
-    workdir = Path(tempfile.mkdtemp(prefix="dcgan-ttq-"))
+    workdir = as_project(Path(tempfile.mkdtemp(prefix="dcgan-ttq-")))
 
     config = configure(workdir, args.overrides)
     prepared, manifest = prepared_dataset(config)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dcgan import server
 from dcgan.errors import UserError
+from dcgan.project import enter_root
 
 
 def main() -> None:
@@ -17,6 +18,7 @@ def main() -> None:
     parser.add_argument("--db-port", type=int, default=5433, help="PostgreSQL's port")
     args = parser.parse_args()
     try:
+        enter_root(sys.argv[0])
         if args.action == "start":
             uri = server.start(args.folder, args.port, args.db_port)
             print(server.status(args.folder))

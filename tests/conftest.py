@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ from dcgan.data.sources import ImageArchive
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # tests start what benchmarks start (a loopback Ray cluster) the same way
+from projects import as_project  # noqa: E402
 MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
 TINY = ["debug=tiny"]
 # The default optimizer's rates as conf/ states them, so tests follow a retuned default.
@@ -51,6 +53,13 @@ def pytest_configure(config):
         cores = sorted(os.sched_getaffinity(0))
         share = cores[int(worker.removeprefix("gw")) % len(cores)::int(workers)]
         os.sched_setaffinity(0, share or cores)
+
+
+def needs_package(package: str, found: bool, what: str) -> None:
+    """Skip, naming the Debian package, when a program a test starts is not installed
+    (``make test`` installs them when it runs as root: ``make system-packages``)."""
+    if not found:
+        pytest.skip(f"{package} is not installed ({what}); `make test` installs it when run as root")
 
 
 def compose_config(overrides: list[str] = (), tmp_path: Path | None = None) -> Config:
@@ -135,7 +144,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``src/<stage>.py`` as a user would, in ``cwd`` (its MLflow store: ``cwd/mlflow.db``)."""
+    """Run ``src/<stage>.py`` as a user would, in the project folder ``cwd`` (its MLflow store: ``cwd/mlflow.db``)."""
+    as_project(cwd)
     result = subprocess.run(
         [sys.executable, str(REPO / "src" / f"{stage}.py"), *overrides],
         cwd=cwd,
@@ -154,6 +164,13 @@ def last_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     return result.stderr.strip().splitlines()[-1]
+
+
+def training_run_id(workdir: Path) -> Optional[str]:
+    """The MLflow run of the training in ``workdir``, from the moment it starts (its checkpoint
+    state records it then; ``models/run.json`` is written when the stage succeeds)."""
+    path = workdir / "models/checkpoints/state.json"
+    return json.loads(path.read_text()).get("mlflow_run_id") if path.is_file() else None
 
 
 def mlflow_client(workdir: Path) -> MlflowClient:
@@ -214,6 +231,7 @@ class Training:
     def __init__(self, workdir: Path, *overrides: str, env: Optional[dict] = None):
         self.stdout = workdir / f"stdout-{time.monotonic_ns()}.log"
         env = {**subprocess_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
+        as_project(workdir)
         with open(self.stdout, "w") as out, open(self.stdout.with_suffix(".err"), "w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, env=env, stdout=out, stderr=err

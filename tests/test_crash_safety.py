@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY, Training, last_line_error, mlflow_client, run_stage
+from conftest import REPO, TINY, Training, last_line_error, mlflow_client, run_stage, subprocess_env, training_run_id
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +60,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     assert message.startswith("interrupted: SIGTERM received: stopped after step ") and "rerun the same command" in message
     stopped = _state(chaos)
     assert STEPS_PER_ROUND < stopped["step"] < 3 * STEPS_PER_ROUND  # usually mid-round; at a round's end it commits it first
-    run_id = json.loads((chaos / "models/run.json").read_text())["mlflow_run_id"]
+    run_id = training_run_id(chaos)
     assert mlflow_client(chaos).get_run(run_id).info.status == "KILLED"
 
     # 4. SIGINT (Ctrl-C) in the round resumed from that mid-round checkpoint.
@@ -91,9 +94,9 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
         "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
         "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with train.resume=never to start over"
     )
-    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == ["ckpt-000000001.npz", "generator_best.keras", "state.json"]
-    run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
-    assert mlflow_client(tmp_path).get_run(run_id).info.status == "FAILED"
+    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == [
+        "ckpt-000000001.npz", "generator_best-000000001.keras", "state.json"]
+    assert mlflow_client(tmp_path).get_run(training_run_id(tmp_path)).info.status == "FAILED"
 
 
 def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
@@ -133,7 +136,7 @@ def test_read_only_or_full_output_folders_fail_cleanly(tmp_path, mount_tmpfs):
     full = mount_tmpfs("full", "size=256k")  # the tiny dataset's shards need ~8 MB
     error = last_line_error(run_stage("prepare", *TINY, f"paths.prepared_dir={full}", cwd=tmp_path, check=False))
     assert error.startswith(f"error: {full}/mnist: cannot write the prepared dataset: ")
-    assert [p.name for p in full.iterdir()] == [".mnist.lock"]  # the lock only: no half-written dataset or temp folder
+    assert not list(full.iterdir())  # no half-written dataset, temp folder or lock file
 
     run_stage("prepare", *TINY, cwd=tmp_path)
     small = mount_tmpfs("small", "size=1m")  # room for the start, not for a checkpoint
@@ -162,3 +165,49 @@ def test_same_config_and_seed_give_identical_weights_in_separate_processes(tmp_p
     other_seed.mkdir()
     run_stage("train", *TINY, "data.limit=256", "train.epochs=2", "train.seed=7", cwd=other_seed)
     assert _weights_sha256(other_seed) not in hashes
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(path, compile=False).get_weights()
+
+
+def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consistent(tmp_path):
+    """Extending a finished 1-round run to 2 rounds commits round 2 in four renames into the
+    checkpoint folder (its best generator, the checkpoint, the record naming both, the record
+    again with the outputs). A SIGKILL before each in turn, each rerun resuming from what the
+    last one left: the best generator the record names is always the one of the round it
+    says, and the shipped outputs are those of an uninterrupted run."""
+    base, straight, chaos = tmp_path / "base", tmp_path / "straight", tmp_path / "chaos"
+    profile = [*TINY, "train.precision=fp32"]  # the same rounds on every host class
+    base.mkdir()
+    run_stage("train", *profile, cwd=base)
+    best_of_round = {1: _weights(base / "models/generator_best.keras")}
+    for copy in (straight, chaos):
+        shutil.copytree(base, copy)
+    run_stage("train", *profile, "train.epochs=2", cwd=straight)
+    expected = json.loads((straight / "reports/train_metrics.json").read_text())
+    assert expected["best_epoch"] == 2, "round 2 must improve on round 1 for this test to test anything"
+    best_of_round[2] = _weights(straight / "models/generator_best.keras")
+
+    checkpoints = chaos / "models/checkpoints"
+    for kill_at in (1, 2, 3, 4):
+        killed = subprocess.run([sys.executable, str(REPO / "tests/killed_before_rename.py"), str(kill_at), str(checkpoints),
+                                 str(REPO / "src/train.py"), *profile, "train.epochs=2"], cwd=chaos, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=600)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        state = _state(chaos)
+        assert (checkpoints / state["checkpoint"]).is_file()
+        named = checkpoints / state["best"]["file"]
+        assert _same_weights(_weights(named), best_of_round[state["best"]["epoch"]]), (kill_at, state["best"])
+
+    run_stage("train", *profile, "train.epochs=2", cwd=chaos)
+    shipped = json.loads((chaos / "reports/train_metrics.json").read_text())
+    assert (shipped["best_epoch"], shipped["best_fid"]) == (expected["best_epoch"], expected["best_fid"])
+    assert _same_weights(_weights(chaos / "models/generator_best.keras"), best_of_round[2])
+    assert _same_weights(_weights(chaos / "models/generator.keras"), _weights(straight / "models/generator.keras"))

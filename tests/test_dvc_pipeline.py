@@ -2,6 +2,8 @@
 Hydra-composed `dvc exp run -S`, and queued experiments landing in the project's MLflow store."""
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +99,32 @@ PIPELINE_OUTPUTS = (
 )
 
 
+def outputs(project: Path) -> dict[str, bytes]:
+    """The pipeline's outputs in the workspace, by path."""
+    return {path: (project / path).read_bytes() for path in PIPELINE_OUTPUTS}
+
+
+def test_ctrl_c_in_evaluate_under_dvc_keeps_its_previous_outputs(project):
+    """Ctrl-C reaches DVC and the stage (one process group); the evaluation's outputs persist."""
+    sh("git", "checkout", "params.yaml", cwd=project)
+    repro_completes(project)
+    figures = sorted((project / "reports/figures").iterdir())
+    before = {path.name: path.read_bytes() for path in [project / "reports/metrics.json", *figures]}
+    set_param(project, "evaluate.seed", 7)
+    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((project / "reports").glob(".figures.*.tmp")):  # the new figures are being drawn
+        assert repro.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(repro.pid, signal.SIGINT)
+    repro.communicate(timeout=300)
+    assert repro.returncode != 0
+    after = {path.name: path.read_bytes() for path in [project / "reports/metrics.json", *sorted((project / "reports/figures").iterdir())]}
+    assert after == before
+    sh("git", "checkout", "params.yaml", cwd=project)
+
+
 def set_param(project: Path, key: str, value) -> None:
     params_path = project / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
@@ -132,12 +160,21 @@ def test_param_changes_of_every_class_complete_and_so_does_a_rerun_after_a_faile
         set_param(project, key, value)
         assert "train" in repro_completes(project), key
 
+    # A refusing train stage leaves every output as it was: they persist, and it replaces them only as a set.
+    before = outputs(project)
     set_param(project, "train.batch_size", 100000)
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0 and "train.batch_size: 100000 exceeds" in result.stdout + result.stderr
-    assert not (project / "models/generator_best.keras").exists()  # DVC deleted the outputs before the stage ran
+    assert outputs(project) == before
     set_param(project, "train.batch_size", 64)
+    set_param(project, "train.epochz", 2)  # an unknown key, hand-edited into params.yaml
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
+    assert result.returncode != 0 and "config key train.epochz: Key 'epochz' not in 'TrainConfig'" in result.stderr
+    assert outputs(project) == before
+    sh("git", "checkout", "params.yaml", cwd=project)
+    set_param(project, "train.seed", 43)
     assert repro_completes(project) == ["train", "evaluate"]
+    assert outputs(project) != before
 
     sh("dvc", "exp", "run", *(f"-S{o}" for o in TINY), "-S", "metrics.kid_subsets=5", cwd=project)
     assert all((project / path).is_file() for path in PIPELINE_OUTPUTS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, venv_env, dvc_project, free_port, sh
+from conftest import TINY, dvc_project, free_port, needs_package, sh, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ class SSHServer:
 
     def __init__(self, folder: Path):
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        assert Path(sshd).is_file(), "OpenSSH's server is not installed (Debian: apt-get install openssh-server)"
+        needs_package("openssh-server", Path(sshd).is_file(), "sshd serves the DVC SSH remote")
         self.folder, self.port, self.user = folder, free_port(), getpass.getuser()
         for key in ("host_key", "client_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)

@@ -119,7 +119,7 @@ def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         prepare(config)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert sorted(p.name for p in folder.parent.iterdir()) == [".mnist.lock", "mnist"]  # no temp folders left
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["mnist"]  # no temp folders or lock file left
 
 
 def test_missing_prepared_data_is_a_clear_error(tmp_path):
@@ -134,6 +134,29 @@ def test_missing_shard_is_detected(tmp_path):
     shard.unlink()
     with pytest.raises(UserError, match=f"{shard}: shard listed in manifest.json is missing"):
         tfrecords.load_manifest(shard.parent)
+
+
+def test_an_edited_record_count_names_the_manifest_before_the_classifier_is_touched(tmp_path):
+    from dcgan.domain_classifier import train_classifier
+
+    config = compose_config(TINY + ["data.limit=8"], tmp_path)
+    prepare(config)
+    path = tmp_path / "data/prepared/mnist/manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["splits"]["train"]["count"] = 100000
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError) as error:
+        train_classifier(config)
+    assert str(error.value) == (f"{path}: splits.train.count is 100000, but its shards hold 8 records; "
+                                "rerun prepare (dvc repro prepare, or python src/prepare.py)")
+    assert not (tmp_path / "models/classifier").exists()
+
+    manifest["splits"]["train"]["count"] = 8
+    manifest["splits"]["train"]["shards"][0]["count"] += 1
+    path.write_text(json.dumps(manifest))
+    shard = manifest["splits"]["train"]["shards"][0]
+    with pytest.raises(UserError, match=f"{path}: lists {shard['count']} records for {shard['file']}, which holds {shard['count'] - 1};"):
+        tfrecords.load_manifest(path.parent)
 
 
 def test_training_prepares_missing_or_stale_data(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, Training, last_line_error, mlflow_client, run_stage
+from conftest import REPO, TINY, Training, as_project, last_line_error, mlflow_client, run_stage, training_run_id
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ TRAIN_OUTPUTS = (
     "reports/train_metrics.json",
     "reports/samples/epoch_0001.png",
 )
-# What DVC deletes before it reruns the train stage (its outs that do not persist).
-DELETED_BY_DVC = [path for path in TRAIN_OUTPUTS if not path.startswith("reports/samples")]
+# The outputs a rerun rebuilds from the checkpoint folder alone.
+REBUILT = [path for path in TRAIN_OUTPUTS if not path.startswith("reports/samples")]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def _history_epochs(workdir: Path) -> list[str]:
 def test_rerun_of_a_finished_run_rebuilds_every_output(workdir):
     run_id = json.loads((workdir / "models/run.json").read_text())["mlflow_run_id"]
     best_before = (workdir / "models/generator_best.keras").read_bytes()
-    for path in DELETED_BY_DVC:
+    for path in REBUILT:
         (workdir / path).unlink()
     # metrics.* changed: the run is not retrained, its best and final scores are recomputed.
     result = run_stage("train", *TINY, "train.epochs=2", "metrics.train_samples=150", cwd=workdir)
@@ -90,7 +90,7 @@ def test_lowering_the_length_of_a_finished_run_is_refused_and_bad_state_is_one_l
 
 def test_one_training_per_folder_and_a_killed_run_is_marked_killed(tmp_path):
     first = Training(tmp_path, *TINY, "train.epochs=100")
-    first.wait_until(lambda: (tmp_path / "models/run.json").is_file())
+    first.wait_until(lambda: training_run_id(tmp_path) is not None)
     for stage in ("train", "evaluate"):
         started = time.monotonic()
         error = last_line_error(run_stage(stage, *TINY, cwd=tmp_path, check=False))
@@ -100,7 +100,7 @@ def test_one_training_per_folder_and_a_killed_run_is_marked_killed(tmp_path):
     # Re-preparing the data the training reads is refused too.
     error = last_line_error(run_stage("prepare", *TINY, cwd=tmp_path, check=False))
     assert error.startswith(f"error: data/prepared/mnist: in use by another process (pid {first.process.pid}: ")
-    killed_run = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
+    killed_run = training_run_id(tmp_path)
 
     # kill -9 leaves no stuck lock; the next run, with other settings, starts over and ends the dead run.
     assert first.stop(signal.SIGKILL, 0.0) == -signal.SIGKILL
@@ -110,6 +110,18 @@ def test_one_training_per_folder_and_a_killed_run_is_marked_killed(tmp_path):
     assert client.get_run(killed_run).info.status == "KILLED"
     new_run = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
     assert new_run != killed_run and client.get_run(new_run).info.status == "FINISHED"
+
+
+def test_a_moved_or_copied_project_keeps_its_artifacts_inside_it(finished, workdir, tmp_path):
+    """``workdir`` is a copy of ``finished``, whose store records artifact locations in ``finished``."""
+    moved = tmp_path / "moved"
+    workdir.rename(moved)
+    result = run_stage("train", *TINY, "train.epochs=3", cwd=moved)
+    assert f"artifact locations under {(finished / 'mlartifacts').as_uri()} now point to {(moved / 'mlartifacts').as_uri()}" in result.stdout
+    run = mlflow_client(moved).get_run(json.loads((moved / "models/run.json").read_text())["mlflow_run_id"])
+    assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
+    assert Path(run.info.artifact_uri.removeprefix("file://"), "samples", "epoch_0003.png").is_file()
+    assert not list(finished.rglob("epoch_0003.png")) and not workdir.exists()  # nothing written to the old places
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -125,6 +137,8 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one(workdir):
     assert "resuming from the older intact checkpoint" in result.stderr + result.stdout
     assert _history_epochs(workdir) == ["1", "2", "3"]
     assert sorted(p.name for p in checkpoints.glob("ckpt-*")) == ["ckpt-000000016.npz", "ckpt-000000024.npz"]
+    run_id = json.loads((workdir / "models/run.json").read_text())["mlflow_run_id"]
+    assert [m.step for m in mlflow_client(workdir).get_metric_history(run_id, "d_loss")] == [1, 2, 3]  # round 2, redone, once
 
     for checkpoint in checkpoints.glob("ckpt-*"):
         _truncate(checkpoint)
@@ -167,8 +181,8 @@ def test_damaged_train_outputs_given_to_evaluate(workdir):
     generator = workdir / "models/generator.keras"
     _truncate(generator)
     error = last_line_error(run_stage("evaluate", *TINY, cwd=workdir, check=False))
-    assert error.startswith("error: models/generator.keras: not a readable Keras model (")
-    assert error.endswith("); rerun the train stage (dvc repro -f train)")
+    assert error == ("error: models/generator.keras: not a readable Keras model (truncated or damaged: not a complete .keras "
+                     "archive); rerun the train stage (dvc repro -f train)")
 
     (workdir / "models/run.json").write_text("{garbage")
     error = last_line_error(run_stage("evaluate", *TINY, cwd=workdir, check=False))
@@ -179,10 +193,27 @@ def test_a_store_that_is_not_a_database_fails_before_any_work(tmp_path):
     (tmp_path / "mlflow.db").write_text("not a database\n" * 100)
     error = last_line_error(run_stage("train", *TINY, cwd=tmp_path, check=False))
     assert error == (
-        f"error: {tmp_path}/mlflow.db: cannot open the MLflow SQLite store (file is not a database); "
-        "move it away or set tracking.uri"
+        f"error: {tmp_path}/mlflow.db: cannot use the MLflow SQLite store (file is not a database); "
+        f"move it aside (mv {tmp_path}/mlflow.db {tmp_path}/mlflow.db.damaged) to start a new one (checkpoints resume into a new run), "
+        "or set tracking.uri"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_a_damaged_store_names_itself_and_moving_it_aside_recovers(workdir):
+    store = workdir / "mlflow.db"
+    with open(store, "r+b") as handle:  # a damaged page in a real store
+        handle.seek(20_000)
+        handle.write(b"\xab" * 2_000)
+    error = last_line_error(run_stage("train", *TINY, "train.epochs=3", cwd=workdir, check=False))
+    assert error == (
+        f"error: {store}: cannot use the MLflow SQLite store (database disk image is malformed); "
+        f"move it aside (mv {store} {store}.damaged) to start a new one (checkpoints resume into a new run), or set tracking.uri"
+    )
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    store.rename(store.with_suffix(".db.damaged"))
+    result = run_stage("train", *TINY, "train.epochs=3", cwd=workdir)
+    assert "continuing in a new run" in result.stdout + result.stderr and _history_epochs(workdir) == ["1", "2", "3"]
 
 
 def test_config_mistakes_are_one_line_without_start_up_noise(tmp_path):
@@ -217,7 +248,8 @@ def test_read_only_checkpoints_fail_up_front_and_keep_the_best_generator(workdir
 
 def test_a_prepare_killed_mid_way_leaves_nothing_behind_after_a_rerun(tmp_path):
     prepared = tmp_path / "data/prepared"
-    process = subprocess.Popen([sys.executable, str(REPO / "src/prepare.py")], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(REPO / "src/prepare.py")], cwd=as_project(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(prepared.glob(".mnist.tmp-*/train-*")) and time.monotonic() < deadline:
         assert process.poll() is None
@@ -226,4 +258,4 @@ def test_a_prepare_killed_mid_way_leaves_nothing_behind_after_a_rerun(tmp_path):
     process.wait()
     assert list(prepared.glob(".mnist.tmp-*"))
     run_stage("prepare", *TINY, cwd=tmp_path)
-    assert sorted(p.name for p in prepared.iterdir()) == [".mnist.lock", "mnist"]
+    assert sorted(p.name for p in prepared.iterdir()) == ["mnist"]

@@ -4,6 +4,7 @@ outlives a server restart; a wrong password or a database that is down is one li
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, Training, venv_env, dvc_project, free_port, last_line_error, run_stage, sh, sweep_runs
+from conftest import REPO, TINY, Training, dvc_project, free_port, last_line_error, needs_package, run_stage, sh, sweep_runs, training_run_id, venv_env
 from dcgan import server
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,7 @@ class TeamServer:
 
 @pytest.fixture(scope="module")
 def team_server():
+    needs_package("postgresql", bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")), "the team server's database")
     # PostgreSQL runs as its own account when the tests run as root: the folder must be reachable.
     parent = Path(tempfile.mkdtemp(prefix="dcgan-team-"))
     parent.chmod(0o755)
@@ -77,6 +79,23 @@ def test_the_server_keeps_its_runs_across_a_restart_and_its_secrets_to_itself(te
     assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
     assert client.download_artifacts(run.info.run_id, "note.txt", str(team_server.folder.parent)) and \
         (team_server.folder.parent / "note.txt").read_text() == "kept"
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(team_server, tmp_path):
+    second = TeamServer(tmp_path / ".mlflow-server")
+    second.port = team_server.port  # the first server's
+    result = second.command("start")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: 127.0.0.1:{team_server.port}: the port for the MLflow server is in use by another "
+                                     "process; stop that process or choose another port (--port, or SERVER_PORT= for make server)")
+    assert not server.ServerFolder(second.folder).cluster.exists()  # no PostgreSQL left running or even made
+    assert second.command("status").stdout.strip() == f"{second.folder}: no server was started here"
+
+    second.port, second.db_port = free_port(), team_server.db_port  # the first server's PostgreSQL
+    assert second.command("start").stderr.strip() == (
+        f"error: 127.0.0.1:{team_server.db_port}: the port for PostgreSQL is in use by another process; stop that process or choose "
+        "another port (--db-port, or DB_PORT= for make server)")
+    assert "running" in team_server.command("status").stdout  # the first server was not disturbed
 
 
 def test_four_jobs_writing_at_once_lose_nothing(team_server, tmp_path):
@@ -180,7 +199,7 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
     error = training.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: MLflow tracking store {team_server.uri} failed during the run (") and "Traceback" not in training.stderr
     assert error.endswith("completed rounds are checkpointed: rerun the same command to resume into the same run")
-    run_id = json.loads((tmp_path / "stopped/models/run.json").read_text())["mlflow_run_id"]
+    run_id = training_run_id(tmp_path / "stopped")
     run_stage("train", *TINY, f"train.epochs={rounds}", f"tracking.uri={team_server.uri}", "tracking.experiment=outage-no-retries",
               cwd=tmp_path / "stopped")
     assert complete_run("outage-no-retries").info.run_id == run_id

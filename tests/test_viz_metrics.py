@@ -1,9 +1,12 @@
 """Grids, GIFs, latent walks and the evaluation diagnostics."""
 
+import shutil
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from conftest import needs_package
 from dcgan import metrics, viz
 
 
@@ -17,6 +20,15 @@ def test_grid_places_images_in_rows():
 
 def test_rgb_grid_keeps_channels():
     assert viz.grid(np.zeros((4, 5, 5, 3), np.uint8), 2).shape[-1] == 3
+
+
+def test_architecture_diagrams_are_drawn_by_graphviz(tmp_path):
+    import keras
+
+    needs_package("graphviz", shutil.which("dot") is not None, "Keras' plot_model draws the architecture diagrams with it")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")], name="small")
+    assert viz.architecture_diagram(model, tmp_path / "small.png")
+    assert iio.imread(tmp_path / "small.png").ndim == 3
 
 
 def test_gif_round_trip(tmp_path):

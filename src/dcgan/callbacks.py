@@ -22,7 +22,6 @@ from dcgan import viz
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import TrainingDiverged
-from dcgan.files import atomic_write_text, save_model
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 from dcgan.signals import StopSignals
 
@@ -60,20 +59,24 @@ class Throughput(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """After every round, render the same fixed noise into ``samples_dir/epoch_NNNN.png``."""
+    """After every round, render the same fixed noise into ``samples_dir/epoch_NNNN.png``
+    (and to MLflow, unless the run logged that round before: ``logged_rounds``)."""
 
-    def __init__(self, noise: np.ndarray, columns: int, manifest: dict, samples_dir: Path):
+    def __init__(self, noise: np.ndarray, columns: int, manifest: dict, samples_dir: Path, logged_rounds: int = 0):
         super().__init__()
         self.noise = noise
         self.columns = columns
         self.manifest = manifest
         self.samples_dir = samples_dir
+        self.logged_rounds = logged_rounds
 
     def on_epoch_end(self, round_index, logs=None):
         images = to_uint8(self.model.sampler(self.noise, training=False), self.manifest)
         path = self.samples_dir / f"epoch_{round_index + 1:04d}.png"
         grid = viz.upscale(viz.grid(images, self.columns), 4)
         viz.save_png(path, grid)
+        if round_index < self.logged_rounds:
+            return
         mlflow.log_artifact(str(path), artifact_path="samples")
         # By step too, so the UI's image view compares runs round by round.
         mlflow.log_image(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=round_index + 1)
@@ -98,22 +101,31 @@ class QualityMonitor(keras.callbacks.Callback):
 
 
 class MLflowMetrics(keras.callbacks.Callback):
+    """Each round's ``logs`` as MLflow metrics at step = round, except rounds the run logged
+    before (``logged_rounds``; a run resumed from an older checkpoint redoes them, with the
+    same values)."""
+
+    def __init__(self, logged_rounds: int = 0):
+        super().__init__()
+        self.logged_rounds = logged_rounds
+
     def on_epoch_end(self, round_index, logs=None):
-        mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=round_index + 1)
+        if round_index >= self.logged_rounds:
+            mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=round_index + 1)
 
 
-def write_history(path: Path, history: list[dict]) -> None:
+def history_csv(history: list[dict]) -> str:
     """The per-round metrics as CSV, the file ``dvc plots`` draws."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Commit each finished round (history row, history CSV, the generator if its FID is the
-    best so far into the checkpoint folder, then the checkpoint itself), and
+    """Commit each finished round into the checkpoint folder (its history row, the generator
+    if its FID is the best so far, then the checkpoint and the record naming both), and
     check every step: a non-finite loss stops training before anything is saved; a stop
     signal saves a checkpoint of the step just finished and stops.
 
@@ -121,12 +133,11 @@ class Checkpointer(keras.callbacks.Callback):
     restarts (after Keras has reset them), so its logged means cover all of its steps.
     """
 
-    def __init__(self, checkpoints: CheckpointDir, state: RunState, history_path: Path, steps_per_round: int,
-                 stop: StopSignals, resumed_metrics: list | None = None):
+    def __init__(self, checkpoints: CheckpointDir, state: RunState, steps_per_round: int, stop: StopSignals,
+                 resumed_metrics: list | None = None):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
-        self.history_path = history_path
         self.steps_per_round = steps_per_round
         self.stop = stop
         self.resumed_metrics = resumed_metrics
@@ -164,13 +175,11 @@ class Checkpointer(keras.callbacks.Callback):
             **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[2:] if key in logs},
             **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
-        if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
-            save_model(self.model.sampler, self.checkpoints.best_generator)
-            self.state.best = {"epoch": row["epoch"], "fid": row["fid"]}
         self.state.history = [r for r in self.state.history if r["epoch"] <= round_index] + [row]
         self.state.rounds = round_index + 1
         self.state.step = row["iteration"]
-        write_history(self.history_path, self.state.history)
+        if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
+            self.checkpoints.save_best(self.model.sampler, self.state, row["epoch"], row["fid"])
         self.checkpoints.save(self.model.state_variables(), self.state)
         if self.stop.received is not None:
             self._interrupted()

@@ -3,13 +3,15 @@
 A checkpoint is ``ckpt-<step>.npz``: every variable of the model, both optimizers and the
 loss trackers (RNG states included, so a resumed run continues exactly) and the run's
 state as of that step. ``state.json`` points at the latest complete one and carries the
-run's identity, MLflow run id, history and best round; ``generator_best.keras`` is the
-generator of that best round. Together they are everything a finished run needs to
-rebuild its outputs, which DVC deletes before it reruns the stage.
+run's identity, MLflow run id, history and best round; ``generator_best-<step>.keras`` is
+the generator of that best round. Together they are everything a finished run needs to
+rebuild its outputs.
 
-Each file is written to a temp file and renamed into place, the pointer last, so a crash
-at any moment leaves the previous checkpoint intact and in use; a checkpoint damaged on
-disk afterwards is skipped for the older one that is kept.
+Files are only ever added under new names (written to a temp file and renamed into place),
+then ``state.json``, the record naming them, is replaced; files no record names any more
+are removed after it. So a crash or a full disk at any moment leaves the previous record
+and every file it names intact; a checkpoint damaged on disk afterwards is skipped for the
+older one that is kept.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Optional
 import numpy as np
 
 from dcgan.errors import UserError
-from dcgan.files import atomic_write, atomic_write_text
+from dcgan.files import atomic_write, atomic_write_text, save_model
 
 log = logging.getLogger(__name__)
 
 STATE = "state.json"
-BEST_GENERATOR = "generator_best.keras"
+BEST_GENERATOR = "generator_best.keras"  # its name in records of earlier versions, which do not name it
 START_OVER = "rerun with train.resume=never to start over"
 
 
@@ -43,7 +45,7 @@ class RunState:
     checkpoint: Optional[str] = None  # file name of the latest complete checkpoint
     mlflow_run_id: Optional[str] = None
     history: list[dict] = field(default_factory=list)  # one row of metrics per completed round
-    best: Optional[dict] = None  # {"epoch", "fid"} of the round with the lowest in-training FID
+    best: Optional[dict] = None  # {"epoch", "fid", "file"} of the round with the lowest in-training FID
     scoring: Optional[dict] = None  # the metrics.* settings the in-training scores were computed with
 
     def to_json(self) -> str:
@@ -64,16 +66,32 @@ class CheckpointDir:
         self.folder = folder
         self.keep = keep
 
-    @property
-    def best_generator(self) -> Path:
-        return self.folder / BEST_GENERATOR
+    def best_generator(self, state: RunState) -> Optional[Path]:
+        """The best round's generator that ``state`` records, if it records one."""
+        return self.folder / state.best.get("file", BEST_GENERATOR) if state.best else None
+
+    def save_best(self, generator, state: RunState, epoch: int, fid: float) -> None:
+        """Save ``generator`` as the new best under a name of its own and record it in
+        ``state`` (in memory: the next ``save``/``save_state`` commits it)."""
+        name = f"generator_best-{state.step:09d}.keras"
+        save_model(generator, self.folder / name)
+        state.best = {"epoch": epoch, "fid": fid, "file": name}
 
     def load_state(self) -> Optional[RunState]:
         path = self.folder / STATE
         return _state_from(path.read_text(), path) if path.is_file() else None
 
     def save_state(self, state: RunState) -> None:
+        """Replace the record with ``state``, then remove what no kept record names."""
         atomic_write_text(self.folder / STATE, state.to_json())
+        for old in sorted(self.folder.glob("ckpt-*.npz"))[: -self.keep]:
+            old.unlink()
+        named = {self.best_generator(kept) for kept in [state, *self._kept_states()] if kept.best}
+        for old in self.folder.glob("generator_best*.keras"):
+            if old not in named:
+                old.unlink()
+        for leftover in self.folder.glob(".*.tmp*"):  # temp files of a killed process (this one holds the lock)
+            leftover.unlink(missing_ok=True)
 
     def save(self, variables: list, state: RunState) -> None:
         name = f"ckpt-{state.step:09d}.npz"
@@ -82,8 +100,18 @@ class CheckpointDir:
         arrays["state"] = np.array(state.to_json())
         atomic_write(self.folder / name, lambda handle: np.savez(handle, **arrays))
         self.save_state(state)
-        for old in sorted(self.folder.glob("ckpt-*.npz"))[: -self.keep]:
-            old.unlink()
+
+    def _kept_states(self) -> list[RunState]:
+        """The states stored in the kept checkpoints, which a fallback to one of them restores
+        (so the best generators they name stay); damaged ones are skipped."""
+        states = []
+        for path in self.folder.glob("ckpt-*.npz"):
+            try:
+                with np.load(path) as stored:
+                    states.append(_state_from(str(stored["state"]), path))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UserError):
+                continue
+        return states
 
     def _read(self, path: Path, count: int) -> tuple[list[np.ndarray], Optional[RunState]]:
         """The arrays of the checkpoint at ``path`` and the state stored with them."""
@@ -125,5 +153,5 @@ class CheckpointDir:
         raise UserError(f"{damage} and no older intact checkpoint is kept; {START_OVER}")
 
     def clear(self) -> None:
-        for path in [*self.folder.glob("ckpt-*.npz"), self.folder / STATE, self.best_generator]:
+        for path in [*self.folder.glob("ckpt-*.npz"), self.folder / STATE, *self.folder.glob("generator_best*.keras")]:
             path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
+from dcgan.project import enter_root
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -48,7 +49,10 @@ def launch(main: Callable[[], None]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report
     sys.argv[1:] = map(as_group_choice, sys.argv[1:])
     try:
+        enter_root(sys.argv[0])
         main()
+    except UserError as exc:
+        _fail(f"error: {exc}")
     except JobFailed as exc:
         _fail(f"error: a sweep job failed: {exc}")
     except (HydraException, OmegaConfBaseException) as exc:

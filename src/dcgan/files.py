@@ -11,7 +11,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dcgan.errors import UserError
 
@@ -38,19 +38,43 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def json_text(values: dict) -> str:
+    return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: Path, values: dict) -> None:
-    atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(values))
+
+
+def replace_together(writers: dict[Path, Callable[[Path], None]]) -> None:
+    """Write a set of outputs: ``writers`` maps each path to a function writing its new
+    content to a given temp path beside it (same suffix: Keras wants ``.keras``). Only once
+    all are written are they renamed into place (renames need no space), so a failure or a
+    kill while writing (a full disk, Ctrl-C) leaves every previous file as it was."""
+    temps: list[Path] = []
+    try:
+        for path, write in writers.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+            os.close(fd)
+            temps.append(Path(name))
+            try:
+                write(temps[-1])
+                with open(temps[-1], "rb") as written:
+                    os.fsync(written.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            os.chmod(temps[-1], 0o644)  # mkstemp makes files private; outputs are for the whole project
+        for tmp, path in zip(temps, writers):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
 
 
 def save_model(model, path: Path) -> None:
     """``model.save`` (Keras) to a temp name beside ``path``, then renamed into place."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    replace_together({path: model.save})
 
 
 def check_writable(*folders: Path) -> None:
@@ -78,33 +102,44 @@ def staged_outputs(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` atomically."""
-    with open(source, "rb") as handle:
-        atomic_write(target, lambda out: shutil.copyfileobj(handle, out))
-
-
 @contextmanager
 def locked(folder: Path, shared: bool = False, wait: bool = False) -> Iterator[None]:
     """Hold an OS-level lock on ``folder`` (``shared``: as one of several readers) for the
     duration, or fail at once naming the process that holds it (``wait``: wait for it
-    instead). The lock is the file
-    ``.<folder name>.lock`` beside it; the kernel releases it when its holder exits, so a
-    ``kill -9`` cannot leave it stuck."""
+    instead). The lock is the file ``.<folder name>.lock`` beside it; the kernel releases it
+    when its holder exits, so a ``kill -9`` cannot leave it stuck, and the last holder
+    removes the file."""
     lock_file = folder.parent / f".{folder.name}.lock"
     check_writable(lock_file.parent)
-    handle = open(lock_file, "a+")
-    try:
+    while True:
+        handle = open(lock_file, "a+")
         try:
             fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise UserError(f"{folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+        if _same_file(handle, lock_file):
+            break
+        handle.close()  # its last holder removed that file meanwhile: lock the one at the path now
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}")
         handle.flush()
         yield
     finally:
+        try:  # the last holder (no one else holds it, shared or not) removes the file
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_file.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
         handle.close()  # releases the lock
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False

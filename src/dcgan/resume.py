@@ -23,7 +23,6 @@ from dcgan import tracking
 from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
 from dcgan.config import Config, run_identity, scoring_identity
 from dcgan.errors import UserError
-from dcgan.files import save_model
 from dcgan.paths import TrainOutputs
 from dcgan.quality import Scorer, generate
 
@@ -72,7 +71,8 @@ def resume_or_start(config: Config, identity: dict, schedule: Schedule, gan: ker
                     out: TrainOutputs) -> RunState:
     """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
     discards the old checkpoint, grids and best generator and marks the MLflow run of a
-    killed process KILLED (this process holds the folder's lock: nothing else runs it)."""
+    killed process KILLED (this process holds the folder's lock: nothing else runs it); the
+    stage's outputs stay until the new run's replace them."""
     try:
         state = checkpoints.load_state()
     except UserError:
@@ -92,7 +92,6 @@ def resume_or_start(config: Config, identity: dict, schedule: Schedule, gan: ker
         tracking.end_abandoned_run(run_id)
     checkpoints.clear()
     shutil.rmtree(out.samples, ignore_errors=True)
-    out.best_generator.unlink(missing_ok=True)
     return RunState(identity=identity)
 
 
@@ -153,15 +152,14 @@ def rescore_if_changed(config: Config, state: RunState, schedule: Schedule, gan:
     complete = state.step >= schedule.total_steps
     log.warning("metrics settings changed since the checkpoint (%s): rescoring the best%s generator; "
                 "earlier rows of the history keep their old scores", changed, " and the last" if complete else "")
-    if state.best is not None and checkpoints.best_generator.is_file():
-        best = keras.models.load_model(checkpoints.best_generator, compile=False)
-        state.best["fid"] = round(scorer.score(generate(best, noise))["fid"], 6)
+    best = checkpoints.best_generator(state)
+    if best is not None and best.is_file():
+        state.best["fid"] = round(scorer.score(generate(keras.models.load_model(best, compile=False), noise))["fid"], 6)
     if complete:
         last = state.history[-1]
         last.update({key: round(value, 6) for key, value in scorer.score(generate(gan.sampler, noise)).items()})
         if state.best is None or last["fid"] < state.best["fid"]:
-            save_model(gan.sampler, checkpoints.best_generator)
-            state.best = {"epoch": last["epoch"], "fid": last["fid"]}
+            checkpoints.save_best(gan.sampler, state, last["epoch"], last["fid"])
 
 
 def cut_short(state: RunState, schedule: Schedule) -> bool:

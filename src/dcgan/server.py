@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+import psutil
 
 from dcgan.errors import UserError
 from dcgan.files import write_json
@@ -169,12 +172,43 @@ def _pid_alive(pid: Optional[int]) -> bool:
         return False
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed port's TIME_WAIT is free
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_free(port: int, what: str, option: str) -> None:
+    if _port_taken(port):
+        raise UserError(f"{HOST}:{port}: the port for {what} is in use by another process; stop that process or choose another port "
+                        f"({option})")
+
+
+def _listens(pid: Optional[int], port: int) -> bool:
+    """Whether the process ``pid`` or one of its children (the server's workers) listens on ``port``."""
+    try:
+        family = psutil.Process(pid)
+        ours = {pid, *(child.pid for child in family.children(recursive=True))}
+    except (psutil.Error, ValueError, TypeError):
+        return False
+    return any(c.pid in ours for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
+
+
 def _healthy(uri: str) -> bool:
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def _serving(pid: Optional[int], port: int) -> bool:
+    """Whether the server process ``pid`` is up, listening on ``port`` and answering there."""
+    return _pid_alive(pid) and _listens(pid, port) and _healthy(f"http://{HOST}:{port}")
 
 
 def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 120) -> str:
@@ -184,15 +218,22 @@ def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 12
     state = folder.state()
     if state and (state["port"], state["db_port"]) != (port, db_port) and (_postgres_running(folder) or _pid_alive(state.get("pid"))):
         raise UserError(f"{folder.root}: already serving on ports {state['port']}/{state['db_port']}; stop it first to change them")
+    uri = f"http://{HOST}:{port}"
+    server_running = _serving(state.get("pid"), port)
+    postgres_running = _postgres_running(folder)
+    # Both ports before anything starts: a half-started pair would be left behind.
+    if not server_running:
+        _check_free(port, "the MLflow server", "--port, or SERVER_PORT= for make server")
+    if not postgres_running:
+        _check_free(db_port, "PostgreSQL", "--db-port, or DB_PORT= for make server")
     _prepare_postgres_folder(folder)
     if not folder.cluster.is_dir():
         _initialise_cluster(folder)
-    if not _postgres_running(folder):
+    if not postgres_running:
         _run_postgres([_postgres_bin("pg_ctl"), "start", "-D", str(folder.cluster), "-l", str(folder.postgres_log), "-w", "-t", "60",
                        "-o", f"-p {db_port}"], f"PostgreSQL did not start on {HOST}:{db_port} (log: {folder.postgres_log})", folder.postgres_log)
     _check_database(folder, db_port)
-    uri = f"http://{HOST}:{port}"
-    if _pid_alive(state.get("pid")) and _healthy(uri):
+    if server_running:
         return uri
     folder.artifacts.mkdir(exist_ok=True)
     # The password reaches the server by environment, not on a command line others can read.
@@ -205,7 +246,7 @@ def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 12
         )
     write_json(folder.state_file, {"port": port, "db_port": db_port, "pid": server.pid})
     deadline = time.monotonic() + timeout
-    while not _healthy(uri):
+    while not _serving(server.pid, port):  # healthy and ours: another process's server on the port is not it
         if server.poll() is not None or time.monotonic() > deadline:
             _stop_server(server.pid)
             lines = folder.mlflow_log.read_text(errors="replace").strip().splitlines()
@@ -248,6 +289,6 @@ def status(root: Path) -> str:
     if not state:
         return f"{folder.root}: no server was started here"
     uri = f"http://{HOST}:{state['port']}"
-    server = "running" if _pid_alive(state.get("pid")) and _healthy(uri) else "stopped"
+    server = "running" if _serving(state.get("pid"), state["port"]) else "stopped"
     database = "running" if _postgres_running(folder) else "stopped"
     return f"MLflow server {uri}: {server}; PostgreSQL {HOST}:{state['db_port']}: {database}; artifacts in {folder.artifacts}"

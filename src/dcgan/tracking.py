@@ -22,6 +22,7 @@ from dcgan.config import OVERRIDES_TAG, Config, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.files import locked
 from dcgan.precision import Precision
+from dcgan.project import project_root
 
 log = logging.getLogger(__name__)
 # MLflow announces creating or upgrading its tables at INFO: start-up noise on stderr,
@@ -32,18 +33,6 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
 CHAMPION = "champion"  # the registry alias of a dataset's best generator so far
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
-
-
-def project_root() -> Path:
-    """The project folder: the working directory, or, inside a queued DVC experiment's temp
-    copy (``<project>/.dvc/tmp/exps/...``), the project that queued it, so its runs land in
-    the same MLflow store as direct runs."""
-    cwd = Path.cwd().resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
 
 
 def tracking_uri(config: Config) -> str:
@@ -61,16 +50,20 @@ def check_store(uri: str) -> None:
             raise UserError(f"{path}: MLflow store is not writable (tracking.uri / MLFLOW_TRACKING_URI)")
         try:
             connection = sqlite3.connect(path)
-            try:  # a file that is not a database fails on its first read, not on connect
-                connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            try:  # a file that is not a database fails on its first read, a damaged one here too or in the check
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall() if row[0] != "ok"]
             finally:
                 connection.close()
         except sqlite3.Error as exc:
-            raise UserError(f"{path}: cannot open the MLflow SQLite store ({exc}); move it away or set tracking.uri") from None
+            raise UserError(_unusable_sqlite(path, str(exc))) from None
+        if problems:
+            raise UserError(_unusable_sqlite(path, f"database disk image is malformed: {problems[0][:120]}"))
         # MLflow creates (or upgrades) the tables on first use; parallel jobs starting on a
         # new store would otherwise run that migration at once and read half-made tables.
         with locked(path, wait=True):
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
+            if path.resolve() == project_root() / "mlflow.db":
+                _follow_moved_project(path)
         return
     if scheme.startswith(("postgresql", "mysql", "mssql")):
         _check_database(uri)
@@ -79,6 +72,48 @@ def check_store(uri: str) -> None:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure here means the store cannot be used
         raise UserError(f"MLflow tracking store {_redacted(uri)} is unreachable: {_reason(exc)}") from None
+
+
+# Where a project's own SQLite store records file locations: MLflow stores them absolute.
+_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
+                     ("model_versions", "storage_location"), ("model_versions", "source"))
+
+
+def _follow_moved_project(store: Path) -> None:
+    """Point the artifact locations the project's store recorded under another folder (the
+    project was moved or copied there from) at this project's ``mlartifacts/`` (and MLflow's
+    ``mlruns/`` of its Default experiment), so new runs do not write into the old folder."""
+    root = store.parent
+    with sqlite3.connect(store) as db:
+        recorded = {row[0] for row in db.execute("SELECT artifact_location FROM experiments")}
+        moves = {}
+        for location in recorded:
+            folder = Path(urlparse(location).path if location.startswith("file:") else location)
+            if folder.name == "mlartifacts" and folder.parent != root:
+                moves[location] = (root / "mlartifacts").as_uri() if location.startswith("file:") else str(root / "mlartifacts")
+            elif folder.parent.name == "mlruns" and folder.parent.parent != root:  # the Default experiment: <root>/mlruns/0
+                moves[str(folder.parent)] = str(root / "mlruns")
+        for old, new in moves.items():
+            for table, column in _ARTIFACT_COLUMNS:
+                db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                           (new, len(old) + 1, len(old), old))
+            log.warning("%s: artifact locations under %s now point to %s (the project was moved or copied)", store, old, new)
+
+
+def _unusable_sqlite(path: Path, reason: str) -> str:
+    return (f"{path}: cannot use the MLflow SQLite store ({reason}); move it aside (mv {path} {path}.damaged) "
+            "to start a new one (checkpoints resume into a new run), or set tracking.uri")
+
+
+def _damaged_sqlite(exc: BaseException) -> str | None:
+    """The message for a local SQLite store found damaged while in use, if that is what ``exc`` (or
+    an exception behind it) reports; MLflow wraps it in errors that do not say so."""
+    uri = mlflow.get_tracking_uri()
+    while exc is not None:
+        if urlparse(uri).scheme == "sqlite" and re.search(r"malformed|file is not a database", str(exc)):
+            return _unusable_sqlite(Path(uri[len("sqlite:///") :]), "database disk image is malformed")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 CHECK_TIMEOUT = 15  # seconds the pre-flight check waits for a tracking server's answer
@@ -142,8 +177,8 @@ def store_outage_is_user_error() -> Iterator[None]:
     try:
         yield
     except (MlflowException, RequestException) as exc:
-        raise UserError(f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run ({_reason(exc)}); "
-                        "completed rounds are checkpointed: rerun the same command to resume into the same run") from None
+        raise UserError(_damaged_sqlite(exc) or f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run "
+                        f"({_reason(exc)}); completed rounds are checkpointed: rerun the same command to resume into the same run") from None
 
 
 def connect(config: Config) -> str:
@@ -257,6 +292,11 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
     mlflow.set_tag("train.epochs", config.train.epochs)
     return run
+
+
+def logged_rounds(run_id: str) -> int:
+    """The last round whose metrics the run has logged (0 for none)."""
+    return max((metric.step for metric in mlflow.MlflowClient().get_metric_history(run_id, "d_loss")), default=0)
 
 
 def end_abandoned_run(run_id: Optional[str]) -> None:

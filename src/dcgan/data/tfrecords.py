@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -129,16 +130,39 @@ def load_manifest(folder: Path) -> dict:
     return manifest
 
 
+def _count_records(path: Path) -> int:
+    """The records in a TFRecord file, from its framing alone (each is a little-endian
+    uint64 length, a CRC, the data, a CRC)."""
+    count, position, size = 0, 0, path.stat().st_size
+    with open(path, "rb") as handle:
+        while position + 8 <= size:
+            handle.seek(position)
+            position += 16 + struct.unpack("<Q", handle.read(8))[0]
+            count += 1
+    return count
+
+
 def _verify_shards(folder: Path, manifest: dict) -> None:
-    """Every shard present with its recorded size and SHA-256, and records of the manifest's
-    image shape: a truncated or edited dataset fails here, before any work."""
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            path = folder / shard["file"]
+    """Every shard present with its recorded size, SHA-256 and record count, the counts
+    adding up, and records of the manifest's image shape: a truncated or edited dataset or
+    manifest fails here, before any work."""
+    try:
+        splits = {name: (split["count"], [(shard["file"], shard["bytes"], shard["sha256"], shard["count"]) for shard in split["shards"]])
+                  for name, split in manifest["splits"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{folder / MANIFEST}: splits are malformed ({type(exc).__name__}: {exc}); {RERUN_PREPARE}") from None
+    for name, (count, shards) in splits.items():
+        for file, size, sha256, records in shards:
+            path = folder / file
             if not path.is_file():
                 raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {RERUN_PREPARE}")
-            if path.stat().st_size != shard["bytes"] or _file_sha256(path) != shard["sha256"]:
+            if path.stat().st_size != size or _file_sha256(path) != sha256:
                 raise UserError(f"{path}: shard does not match the SHA-256 in {MANIFEST} (truncated or changed); {RERUN_PREPARE}")
+            if _count_records(path) != records:
+                raise UserError(f"{folder / MANIFEST}: lists {records} records for {file}, which holds {_count_records(path)}; {RERUN_PREPARE}")
+        if count != sum(shard[3] for shard in shards):
+            raise UserError(f"{folder / MANIFEST}: splits.{name}.count is {count}, but its shards hold "
+                            f"{sum(shard[3] for shard in shards)} records; {RERUN_PREPARE}")
     first = folder / manifest["splits"]["train"]["shards"][0]["file"]
     for record in tf.data.TFRecordDataset(str(first)).take(1):
         image = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]

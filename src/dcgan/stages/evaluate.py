@@ -18,7 +18,7 @@ from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, split_sha256, to_uint8
 from dcgan.checkpoints import CheckpointDir
 from dcgan.errors import UserError
-from dcgan.files import check_writable, locked, write_json
+from dcgan.files import check_writable, locked, staged_outputs, write_json
 from dcgan.paths import RERUN_TRAIN, TrainOutputs, load_trained, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
@@ -78,11 +78,14 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     noise = rng.standard_normal((len(real), generator.input_shape[-1])).astype(np.float32)
     fake = generate(generator, noise)
     scores = _diagnostics(load_trained(trained.discriminator), real, fake)
-    _draw_figures(generator, fake, rng, manifest, trained, reports / "figures", config.evaluate)
-    scorer = quality.scorer_for(config, prepared, manifest, len(real))
-    if scorer is not None:
-        scores.update(_quality(scorer, fake, noise, trained))
-        _confidence_grids(scorer, fake, manifest, reports / "figures", config.evaluate.grid_size)
+    # The figures replace the old ones as a set, then metrics.json: an interrupted or failed
+    # evaluation leaves the previous outputs (they persist under DVC).
+    with staged_outputs(reports / "figures") as figures:
+        _draw_figures(generator, fake, rng, manifest, trained, figures, config.evaluate)
+        scorer = quality.scorer_for(config, prepared, manifest, len(real))
+        if scorer is not None:
+            scores.update(_quality(scorer, fake, noise, trained))
+            _confidence_grids(scorer, fake, manifest, figures, config.evaluate.grid_size)
     write_json(reports / "metrics.json", scores)
     _log_to_training_run(run_id, scores, reports)
     if config.evaluate.register and "fid" in scores:

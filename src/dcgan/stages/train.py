@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -14,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import models, quality, resume, search, tracking, viz
-from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput, write_history
+from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput, history_csv
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, to_dict
 from dcgan.data.pipeline import training_dataset
@@ -22,7 +24,7 @@ from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import manifest_sha256
 from dcgan.devices import distribution, limit_threads, set_global_seed, split_cpu
 from dcgan.errors import Interrupted
-from dcgan.files import check_writable, copy_file, locked, save_model, write_json
+from dcgan.files import check_writable, json_text, locked, replace_together
 from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import standard_copy
 from dcgan.paths import TrainOutputs, outputs_of
@@ -150,17 +152,18 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
     with tracking.start_run(config, state.mlflow_run_id) as run:
         if state.mlflow_run_id != run.info.run_id:
             state.mlflow_run_id = run.info.run_id
+            checkpoints.save_state(state)  # so that a kill before the first checkpoint still ends this run
             _log_run_inputs(config, manifest, prepared, gan)
         tracking.log_precision(precision)
-        write_json(out.run_info, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         throughput = Throughput(config.train.batch_size)
         trial = search.ReportToStudy(config.search) if config.search.trial is not None else None
+        logged = tracking.logged_rounds(run.info.run_id)
         callbacks = [
             throughput,
-            SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples),
+            SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples, logged),
             *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.rounds)] if scorer else []),
-            MLflowMetrics(),
-            Checkpointer(checkpoints, state, out.history, schedule.steps_per_round, stop, resume.round_means(gan, state, schedule)),
+            MLflowMetrics(logged),
+            Checkpointer(checkpoints, state, schedule.steps_per_round, stop, resume.round_means(gan, state, schedule)),
             *([trial] if trial else []),  # after the round is committed: a pruned trial keeps it
         ]
         try:
@@ -193,22 +196,26 @@ def _log_run_inputs(config: Config, manifest: dict, prepared: Path, gan: GAN) ->
 
 
 def _write_outputs(gan: GAN, state: RunState, checkpoints: CheckpointDir, out: TrainOutputs, throughput: Throughput) -> dict:
-    """Every output of the stage, from the model and the persisted state alone (DVC deletes
-    the outputs before a rerun, which may find the run complete and train nothing)."""
+    """Every output of the stage, from the model and the persisted state alone (a rerun may
+    find the run complete and train nothing), replaced as one set: until then the previous
+    outputs stay as they were (DVC keeps them: they persist)."""
     last = state.history[-1]
-    summary = {f"best_{k}": v for k, v in (state.best or {}).items()}
+    summary = {f"best_{k}": v for k, v in (state.best or {}).items() if k != "file"}
     if throughput.step_seconds:  # this invocation trained (it may have found the run complete)
         summary["overhead"] = round(throughput.overhead, 6)
-    save_model(gan.sampler, out.generator)
-    save_model(standard_copy(gan.discriminator), out.discriminator)
-    if state.best is not None and checkpoints.best_generator.is_file():
-        copy_file(checkpoints.best_generator, out.best_generator)
-    else:  # no in-training FID (metrics.every=0, unlabelled data): the last stands in
-        save_model(gan.sampler, out.best_generator)
-    write_history(out.history, state.history)
-    checkpoints.save_state(state)  # the MLflow run and scores as they are now
     final = {**last, **summary}
-    write_json(out.metrics, final)
+    best = checkpoints.best_generator(state)
+    run_record = {"mlflow_run_id": state.mlflow_run_id, "tracking_uri": mlflow.get_tracking_uri()}
+    replace_together({
+        out.generator: gan.sampler.save,
+        out.discriminator: standard_copy(gan.discriminator).save,
+        # no in-training FID (metrics.every=0, unlabelled data): the last stands in
+        out.best_generator: partial(shutil.copyfile, best) if best is not None and best.is_file() else gan.sampler.save,
+        out.history: lambda path: path.write_text(history_csv(state.history)),
+        out.metrics: lambda path: path.write_text(json_text(final)),
+        out.run_info: lambda path: path.write_text(json_text(run_record)),
+    })
+    checkpoints.save_state(state)  # the MLflow run and scores as they are now
     mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
     tracking.log_generator(gan.sampler, gan.latent_dim, final["epoch"])
     return final
