@@ -110,7 +110,7 @@ def test_ctrl_c_in_evaluate_under_dvc_keeps_its_previous_outputs(project):
     repro_completes(project)
     figures = sorted((project / "reports/figures").iterdir())
     before = {path.name: path.read_bytes() for path in [project / "reports/metrics.json", *figures]}
-    set_param(project, "evaluate.seed", 7)
+    set_param(project, "evaluate.seed", 8)  # the default is 7
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 300
@@ -237,7 +237,12 @@ def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
     set_param(project, "train.epochs", 2)
     assert repro_completes(project) == ["train", "evaluate"]
     assert json.loads((project / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    before = outputs(project)
     set_param(project, "train.epochs", 1)
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0
     assert "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for" in result.stderr
+    set_param(project, "tracking.uri", "http://127.0.0.1:9")
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
+    assert result.returncode != 0 and "error: MLflow tracking store http://127.0.0.1:9 is unreachable" in result.stderr
+    assert outputs(project) == before  # both refusals kept the outputs
