@@ -153,12 +153,16 @@ def _weights_sha256(workdir: Path) -> str:
     return digest.hexdigest()
 
 
-def test_same_config_and_seed_give_identical_weights_in_separate_processes(tmp_path):
+def test_same_config_and_seed_give_identical_weights_in_separate_processes_and_when_resumed(tmp_path):
+    """Two straight 2-round runs and one stopped after round 1 and resumed, each in its own
+    processes: the same bytes in every weight, optimizer slot and RNG state."""
     hashes = set()
-    for attempt in range(3):
-        workdir = tmp_path / f"run{attempt}"
+    for name, lengths in (("straight", [2]), ("again", [2]), ("resumed", [1, 2])):
+        workdir = tmp_path / name
         workdir.mkdir()
-        run_stage("train", *TINY, "data.limit=256", "train.epochs=2", cwd=workdir)
+        for epochs in lengths:
+            run_stage("train", *TINY, "data.limit=256", f"train.epochs={epochs}", cwd=workdir)
+        assert _state(workdir)["checkpoint"] == "ckpt-000000008.npz" and len(_final_weights(workdir)) > 40
         hashes.add(_weights_sha256(workdir))
     assert len(hashes) == 1  # generator, discriminator, optimizer slots, RNG states: all equal
     other_seed = tmp_path / "other_seed"
