@@ -18,20 +18,12 @@ from dcgan.errors import UserError
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are for the whole project
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:  # e.g. a full disk met by write()
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+
+    replace_together({path: to_file})
 
 
 def atomic_write_text(path: Path, text: str) -> None:

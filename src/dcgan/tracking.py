@@ -109,8 +109,10 @@ def _damaged_sqlite(exc: BaseException) -> str | None:
     """The message for a local SQLite store found damaged while in use, if that is what ``exc`` (or
     an exception behind it) reports; MLflow wraps it in errors that do not say so."""
     uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme != "sqlite":
+        return None
     while exc is not None:
-        if urlparse(uri).scheme == "sqlite" and re.search(r"malformed|file is not a database", str(exc)):
+        if re.search(r"malformed|file is not a database", str(exc)):
             return _unusable_sqlite(Path(uri[len("sqlite:///") :]), "database disk image is malformed")
         exc = exc.__cause__ or exc.__context__
     return None

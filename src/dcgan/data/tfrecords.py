@@ -158,11 +158,12 @@ def _verify_shards(folder: Path, manifest: dict) -> None:
                 raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {RERUN_PREPARE}")
             if path.stat().st_size != size or _file_sha256(path) != sha256:
                 raise UserError(f"{path}: shard does not match the SHA-256 in {MANIFEST} (truncated or changed); {RERUN_PREPARE}")
-            if _count_records(path) != records:
-                raise UserError(f"{folder / MANIFEST}: lists {records} records for {file}, which holds {_count_records(path)}; {RERUN_PREPARE}")
-        if count != sum(shard[3] for shard in shards):
-            raise UserError(f"{folder / MANIFEST}: splits.{name}.count is {count}, but its shards hold "
-                            f"{sum(shard[3] for shard in shards)} records; {RERUN_PREPARE}")
+            held = _count_records(path)
+            if held != records:
+                raise UserError(f"{folder / MANIFEST}: lists {records} records for {file}, which holds {held}; {RERUN_PREPARE}")
+        total = sum(records for *_, records in shards)
+        if count != total:
+            raise UserError(f"{folder / MANIFEST}: splits.{name}.count is {count}, but its shards hold {total} records; {RERUN_PREPARE}")
     first = folder / manifest["splits"]["train"]["shards"][0]["file"]
     for record in tf.data.TFRecordDataset(str(first)).take(1):
         image = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
