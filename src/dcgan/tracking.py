@@ -385,8 +385,15 @@ def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> N
 def log_generator(generator, latent_dim: int, round_number: int) -> None:
     """Log the generator as an MLflow model whose signature is noise -> images, tagged
     with the round it was trained to (a resumed run logs one model per invocation)."""
+    import keras
+    import tensorflow as tf
+
     noise = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
     signature = mlflow.models.infer_signature(noise, np.asarray(generator(noise, training=False)))
+    # Stated, not inferred: inference re-imports the model in a subprocess (~8 s per training)
+    # and lists this package, which is not on PyPI; the logged network is plain Keras.
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
     mlflow.tensorflow.log_model(
-        generator, name="generator", signature=signature, input_example=noise, step=round_number, tags={"epoch": str(round_number)}
+        generator, name="generator", signature=signature, input_example=noise, pip_requirements=requirements,
+        step=round_number, tags={"epoch": str(round_number)},
     )
