@@ -3,6 +3,7 @@ a local HTTP server and a small archive laid out like TensorFlow's flower_photos
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import http.server
@@ -33,15 +34,27 @@ from dcgan.data.sources import ImageArchive
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # tests start what benchmarks start (a loopback Ray cluster) the same way
 from projects import as_project  # noqa: E402
-MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
+from synthetic_mirror import make_synthetic_mirror  # noqa: E402
+
+REAL_MIRROR = Path(os.environ.get(MIRROR_ENV) or REPO.parent / "shared" / "datasets").resolve()
+HAS_REAL_MIRROR = (REAL_MIRROR / "mnist").is_dir()
+# Without the real mirror, in-process tests read a small one made here (its hashes registered
+# in this process only); tests that start project processes or need real images are skipped.
+
+
+def _synthetic_mirror() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="dcgan-mirror-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return make_synthetic_mirror(root)
+
+
+MIRROR = REAL_MIRROR if HAS_REAL_MIRROR else _synthetic_mirror()
 TINY = ["debug=tiny"]
 # The default optimizer's rates as conf/ states them, so tests follow a retuned default.
 DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 
 
 def pytest_configure(config):
-    if not (MIRROR / "mnist").is_dir():
-        raise pytest.UsageError(f"dataset mirror not found at {MIRROR}; set {MIRROR_ENV}")
     os.environ[MIRROR_ENV] = str(MIRROR)
     # train.precision=auto's per-machine cache: measured once per test session, not read from the user's.
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="dcgan-cache-"))
@@ -53,6 +66,16 @@ def pytest_configure(config):
         cores = sorted(os.sched_getaffinity(0))
         share = cores[int(worker.removeprefix("gw")) % len(cores)::int(workers)]
         os.sched_setaffinity(0, share or cores)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_REAL_MIRROR:
+        return
+    skip = pytest.mark.skip(reason=f"needs the real dataset mirror ({REAL_MIRROR} not found; set {MIRROR_ENV}): "
+                                   "this run has a synthetic one for in-process tests only")
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("real_data"):
+            item.add_marker(skip)
 
 
 def needs_package(package: str, found: bool, what: str) -> None:

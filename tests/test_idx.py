@@ -1,21 +1,17 @@
 import gzip
-import struct
 
 import numpy as np
 import pytest
 
 from conftest import MIRROR
+from synthetic_mirror import idx_bytes
 from dcgan.data import idx, sources
 from dcgan.errors import UserError
 
 MNIST = sources.DATASETS["mnist"]
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
+@pytest.mark.real_data
 def test_parses_real_mnist_test_split():
     images = sources.read_verified(MIRROR / "mnist" / MNIST.test_images.name, MNIST.test_images)
     labels = sources.read_verified(MIRROR / "mnist" / MNIST.test_labels.name, MNIST.test_labels)

@@ -113,6 +113,7 @@ def test_missing_and_empty_folders(tmp_path):
         prepare(folder_config(tmp_path, tmp_path / "empty"))
 
 
+@pytest.mark.real_data
 def test_prefix_labels_on_the_mirror_flowers(tmp_path):
     config = compose_config(["data=flowers64", "data.image_size=16", "data.limit=40", "data.shards=1"], tmp_path)
     manifest = prepare(config)

@@ -36,6 +36,7 @@ def scored(tmp_path_factory):
     return config, prepared, manifest, scorer, images[COUNT:], labels[COUNT:]
 
 
+@pytest.mark.slow  # a real-MNIST classifier: prepares 60,000 images, trains an epoch
 def test_classifier_is_accurate_and_cached(scored):
     config, prepared, manifest, scorer, _, _ = scored
     assert scorer.space.accuracy > 0.97  # ~99.3% with the default 3 epochs
@@ -54,6 +55,7 @@ def test_classifier_scales_large_images_down_and_trains_small_sets_longer():
     assert training_epochs(ClassifierConfig(min_steps=0), steps_per_epoch=23) == 3
 
 
+@pytest.mark.slow  # a real-MNIST classifier: prepares 60,000 images, trains an epoch
 def test_floor_noise_and_collapse_read_as_what_they_are(scored):
     _, _, _, scorer, other_real, other_labels = scored
     floor = scorer.score(other_real[:COUNT])
