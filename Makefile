@@ -30,7 +30,8 @@ run: install  ## prepare -> classifier -> train -> evaluate with the default con
 
 # The whole suite on two pytest-xdist workers, a test module's tests on one worker (its module
 # fixtures made once): much of a slow test is single-threaded start-up, DVC and MLflow, so two
-# at once keep both cores busy (TEST_WORKERS=0: one process, no workers).
+# at once keep both cores busy (TEST_WORKERS=0: one process, no workers). Modules are handed
+# out in the order tests/conftest.py gives them (long ones first), not xdist's by test count.
 # The quick subset stays in one process: one long module fixture dominates it, so workers only add
 # their start-up.
 TEST_WORKERS ?= 2
@@ -40,7 +41,7 @@ system-packages:  ## install SYSTEM_PACKAGES when missing (as root, with apt-get
 
 test: install system-packages  ## lint, then the whole suite, slow end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-quick: install  ## unit tests only
 	$(BIN)/pytest -m 'not slow'

@@ -4,6 +4,7 @@ a local HTTP server and a small archive laid out like TensorFlow's flower_photos
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import hashlib
 import http.server
@@ -69,6 +70,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _modules_with_most_slow_tests_first(items)
     if HAS_REAL_MIRROR:
         return
     skip = pytest.mark.skip(reason=f"needs the real dataset mirror ({REAL_MIRROR} not found; set {MIRROR_ENV}): "
@@ -76,6 +78,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") or item.get_closest_marker("real_data"):
             item.add_marker(skip)
+
+
+def _modules_with_most_slow_tests_first(items: list) -> None:
+    """Order modules by their count of slow tests (a stable sort: within a module, and among
+    quick modules, collection order stays). ``make test``'s workers take whole modules in
+    this order (``--no-loadscope-reorder``), so the long ones start first and the many
+    short ones fill the end, where a long module started last would leave a worker idle."""
+    slow_tests = collections.Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_tests[item.module.__name__])
 
 
 def needs_package(package: str, found: bool, what: str) -> None:
