@@ -177,20 +177,69 @@ def subprocess_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
-def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``src/<stage>.py`` as a user would, in the project folder ``cwd`` (its MLflow store: ``cwd/mlflow.db``)."""
+def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600,
+              own_process: bool = False) -> subprocess.CompletedProcess:
+    """Run ``src/<stage>.py`` as a user would, in the project folder ``cwd`` (its MLflow store:
+    ``cwd/mlflow.db``): in this process (its TensorFlow already imported, which costs a new
+    process 5-8 s), or with ``own_process`` in a new one, where the process is the point
+    (start-up output, bit-identity across processes, TensorFlow's device set-up). A sweep
+    (``-m``) always gets its own: its MLflow parent run is ended by an exit handler."""
     as_project(cwd)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "src" / f"{stage}.py"), *overrides],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, str(REPO / "src" / f"{stage}.py"), *overrides]
+    if own_process or "-m" in overrides:
+        result = subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    else:
+        result = _run_in_this_process(command, cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"{stage} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``command`` (python, an entry script, its arguments) run as ``__main__`` here, with
+    this process's working directory, arguments, environment and root logger put back
+    afterwards; its exit status and what it printed, as ``subprocess.run`` gives them."""
+    import logging
+    import runpy
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv[:], dict(os.environ)
+    saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    out, err = io.StringIO(), io.StringIO()
+    # Handlers writing to the console write to the captured output meanwhile: Hydra's logging
+    # set-up closes every handler there is (logging._handlerList, attached or not), and absl's
+    # closes its stream unless it is the current sys.stderr (pytest's would be closed, then).
+    console = {id(sys.stdout): out, id(sys.stderr): err}
+    handlers = [ref() for ref in logging._handlerList]
+    redirected = [(handler, handler.stream) for handler in handlers if id(vars(handler).get("stream")) in console]
+    for handler, stream in redirected:
+        handler.stream = console[id(stream)]
+    returncode = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = command[1:]
+        GlobalHydra.instance().clear()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                runpy.run_path(command[1], run_name="__main__")
+            except SystemExit as exit:
+                returncode = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+    finally:
+        GlobalHydra.instance().clear()
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        logging.root.handlers[:] = saved_handlers
+        logging.root.setLevel(saved_level)
+        for handler, stream in redirected:
+            handler.stream = stream
+    return subprocess.CompletedProcess(command, returncode, out.getvalue(), err.getvalue())
 
 
 def last_line_error(result: subprocess.CompletedProcess) -> str:

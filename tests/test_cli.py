@@ -171,7 +171,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     """The multi-device path GPUs use, run on the CPU split into two logical devices."""
     run_stage("prepare", *TINY, "data.limit=256", cwd=tmp_path)
     result = run_stage("train", *TINY, "data.limit=256", "train.strategy=mirrored", "train.cpu_devices=2",
-                        "train.ema_decay=0.99", cwd=tmp_path)
+                        "train.ema_decay=0.99", own_process=True, cwd=tmp_path)
     assert "Using MirroredStrategy with devices" in result.stdout + result.stderr
     row = json.loads((tmp_path / "reports/train_metrics.json").read_text())
     # Per-sample mean losses (Keras' 1/replicas loss scaling undone for logging), D(x) in (0, 1).

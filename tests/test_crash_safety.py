@@ -39,7 +39,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     for workdir in (straight, chaos):
         workdir.mkdir()
         run_stage("prepare", *LONGER, cwd=workdir)
-    run_stage("train", *LONGER, cwd=straight)
+    run_stage("train", *LONGER, own_process=True, cwd=straight)
 
     # 1. SIGKILL in the first round, before any checkpoint exists.
     run = Training(chaos, *LONGER)
@@ -70,7 +70,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     assert _state(chaos)["step"] > stopped["step"]
 
     # 5. Run to the end: the same weights, optimizer state and per-round losses as without interruptions.
-    run_stage("train", *LONGER, cwd=chaos)
+    run_stage("train", *LONGER, own_process=True, cwd=chaos)
     expected, actual = _final_weights(straight), _final_weights(chaos)
     assert expected.keys() == actual.keys() and len(expected) > 40
     assert all(np.array_equal(expected[key], actual[key]) for key in expected)
@@ -161,13 +161,13 @@ def test_same_config_and_seed_give_identical_weights_in_separate_processes_and_w
         workdir = tmp_path / name
         workdir.mkdir()
         for epochs in lengths:
-            run_stage("train", *TINY, "data.limit=256", f"train.epochs={epochs}", cwd=workdir)
+            run_stage("train", *TINY, "data.limit=256", f"train.epochs={epochs}", own_process=True, cwd=workdir)
         assert _state(workdir)["checkpoint"] == "ckpt-000000008.npz" and len(_final_weights(workdir)) > 40
         hashes.add(_weights_sha256(workdir))
     assert len(hashes) == 1  # generator, discriminator, optimizer slots, RNG states: all equal
     other_seed = tmp_path / "other_seed"
     other_seed.mkdir()
-    run_stage("train", *TINY, "data.limit=256", "train.epochs=2", "train.seed=7", cwd=other_seed)
+    run_stage("train", *TINY, "data.limit=256", "train.epochs=2", "train.seed=7", own_process=True, cwd=other_seed)
     assert _weights_sha256(other_seed) not in hashes
 
 
@@ -190,11 +190,11 @@ def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consisten
     base, straight, chaos = tmp_path / "base", tmp_path / "straight", tmp_path / "chaos"
     profile = [*TINY, "train.precision=fp32"]  # the same rounds on every host class
     base.mkdir()
-    run_stage("train", *profile, cwd=base)
+    run_stage("train", *profile, own_process=True, cwd=base)
     best_of_round = {1: _weights(base / "models/generator_best.keras")}
     for copy in (straight, chaos):
         shutil.copytree(base, copy)
-    run_stage("train", *profile, "train.epochs=2", cwd=straight)
+    run_stage("train", *profile, "train.epochs=2", own_process=True, cwd=straight)
     expected = json.loads((straight / "reports/train_metrics.json").read_text())
     assert expected["best_epoch"] == 2, "round 2 must improve on round 1 for this test to test anything"
     best_of_round[2] = _weights(straight / "models/generator_best.keras")
@@ -210,7 +210,7 @@ def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consisten
         named = checkpoints / state["best"]["file"]
         assert _same_weights(_weights(named), best_of_round[state["best"]["epoch"]]), (kill_at, state["best"])
 
-    run_stage("train", *profile, "train.epochs=2", cwd=chaos)
+    run_stage("train", *profile, "train.epochs=2", own_process=True, cwd=chaos)
     shipped = json.loads((chaos / "reports/train_metrics.json").read_text())
     assert (shipped["best_epoch"], shipped["best_fid"]) == (expected["best_epoch"], expected["best_fid"])
     assert _same_weights(_weights(chaos / "models/generator_best.keras"), best_of_round[2])
