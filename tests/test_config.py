@@ -1,13 +1,15 @@
 """Config composition and validation: the schema catches mistakes with one line naming the key."""
 
+import dataclasses
 import os
+import typing
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from conftest import DEFAULT_ADAM, REPO, compose_config
-from dcgan.config import MODEL_SETTINGS, flatten, run_identity, to_dict, validate
+from dcgan.config import MODEL_SETTINGS, OPTIMIZER_SETTINGS, Config, flatten, run_identity, to_dict, validate
 from dcgan.models import ARCHITECTURES
 from dcgan.errors import UserError
 
@@ -26,19 +28,23 @@ def test_rmsprop_group():
     assert config.optimizer.discriminator.clipvalue == 1.0 and config.optimizer.generator.clipvalue is None
 
 
-def test_photo_data_options_bring_their_recipes_and_the_command_line_still_wins():
-    """data=flowers64 / flowers128 alone (flowers64 is also the own-folder command) train with the
-    photo recipe at their size; a model or setting on the command line, or a preset, wins."""
-    recipe = compose_config(["data=flowers64"])
+def test_photo_recipes_are_presets_over_data_only_options_and_the_command_line_still_wins():
+    """experiment=flowers64 / flowers128 (flowers64 is also the own-folder command) train with the
+    photo recipe at their size; data=flowers64 / flowers128 choose the data only; a model or
+    setting on the command line, or another preset, wins."""
+    recipe = compose_config(["experiment=flowers64"])
     assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 32, 64)
     assert recipe.train.epochs == 200 and recipe.metrics.every == 10 and recipe.train.augment == []
     assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
-    large = compose_config(["data=flowers128"])
+    large = compose_config(["experiment=flowers128"])
     assert (large.data.name, large.data.image_size, large.model.name, large.model.filters) == ("flowers128", 128, "dcgan", 16)
     assert (large.train.epochs, large.metrics.every, large.train.r1_gamma) == (200, 10, 0.1)
-    own = compose_config(["data=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"])
+    data_only, default = compose_config(["data=flowers128"]), compose_config()
+    assert (data_only.data.name, data_only.data.image_size, data_only.data.channels) == ("flowers128", 128, 3)
+    assert (data_only.model, data_only.train) == (default.model, default.train)
+    own = compose_config(["experiment=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"])
     assert (own.data.path, own.model.name, own.train.epochs, own.metrics.every) == ("/photos", "dcgan_rgb128", 3, 1)
-    wide = compose_config(["data=flowers128", "model=dcgan"])
+    wide = compose_config(["experiment=flowers128", "model=dcgan"])
     assert (wide.data.name, wide.model.filters) == ("flowers128", 64)
     preset = compose_config(["experiment=faces128_rmsprop"])
     assert (preset.data.name, preset.model.name, preset.train.iterations, preset.metrics.every) == ("flowers128", "dcgan_rgb128", 15000, 2)
@@ -79,6 +85,10 @@ def test_params_yaml_is_the_composed_conf():
         ("+model.d_blocks=3 model=dcgan_fashion", "config key model.d_blocks: Key 'd_blocks' not in 'DropoutModel'"),
         ("model=dcgan model.max_filters=32", "config key model.max_filters: must be >= model.filters (64), got 32"),
         ("model.name=resnet", "config key model.name: unknown architecture 'resnet' (choose from dcgan_mnist, dcgan_fashion"),
+        # What each option of a group sets for itself has no default to fall back on.
+        ("~optimizer.generator.beta_1", "config key optimizer.generator.beta_1: missing: conf/ (or params.yaml) must set it"),
+        ("~model.d_blocks", "config key model.d_blocks: missing: conf/ (or params.yaml) must set it"),
+        ("~data.urls", "config key data.urls: missing: conf/ (or params.yaml) must set it"),
         ("metrics.classifier.max_size=4", "config key metrics.classifier.max_size: must be at least 8, got 4"),
         ("metrics.classifier.min_steps=-1", "config key metrics.classifier.min_steps: must be at least 0, got -1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
@@ -103,6 +113,34 @@ def test_each_model_option_has_exactly_its_architectures_keys(architecture):
     if "defaults" not in composed:  # an option on top of another lists only what it changes
         assert set(composed) == set(to_dict(config)["model"])
     assert set(MODEL_SETTINGS) == set(ARCHITECTURES)
+
+
+def _defaults_differing_from(schema: type, composed: dict, prefix: str) -> list[str]:
+    """Keys where a dataclass default differs from what conf/ composed (conf/ holds the values;
+    a schema default only stands in where conf/ leaves a key out, as for a user's own option)."""
+    differing = []
+    for field in dataclasses.fields(schema):
+        if field.name not in composed:
+            continue
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(default):
+            differing += _defaults_differing_from(type(default), composed[field.name], f"{prefix}.{field.name}")
+        elif default is not dataclasses.MISSING and default != MISSING and default != composed[field.name]:
+            differing.append(f"{prefix}.{field.name}: schema {default!r}, conf/ {composed[field.name]!r}")
+    return differing
+
+
+def test_schema_defaults_are_the_values_conf_composes():
+    composed = to_dict(compose_config())
+    differing = [key for section, schema in typing.get_type_hints(Config).items() if section not in ("model", "optimizer")
+                 for key in _defaults_differing_from(schema, composed[section], section)]
+    for architecture, schema in MODEL_SETTINGS.items():  # conf/model/<architecture>.yaml: the architecture as published
+        differing += _defaults_differing_from(schema, to_dict(compose_config([f"model={architecture}"]))["model"], f"model={architecture}")
+    for name, schema in OPTIMIZER_SETTINGS.items():
+        optimizer = to_dict(compose_config([f"optimizer={name}"]))["optimizer"]
+        for network in ("generator", "discriminator"):
+            differing += _defaults_differing_from(schema, optimizer[network], f"optimizer={name} {network}")
+    assert not differing
 
 
 def test_run_identity_ignores_what_does_not_change_the_run():

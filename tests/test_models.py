@@ -1,6 +1,7 @@
 """Architectures and the GAN model: shapes, parameter counts, a real train step, checkpoints."""
 
 import copy
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import tensorflow as tf
 from conftest import TINY, compose_config
 from dcgan import models
 from dcgan.checkpoints import CheckpointDir, RunState
-from dcgan.config import ModelConfig, TutorialModel
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
@@ -21,12 +21,17 @@ from dcgan.models.layers import FastDropout, FusedBatchNormalization, standard_c
 from dcgan.stages.train import build_gan, make_optimizer, train
 
 
+def tutorial_model(**changes):
+    """conf/model/dcgan_mnist.yaml: the TF tutorial's networks."""
+    return dataclasses.replace(compose_config(["model=dcgan_mnist"]).model, **changes)
+
+
 def test_tutorial_architecture_matches_published_counts():
-    generator, discriminator = models.build(TutorialModel(), (28, 28, 1), [-1.0, 1.0])
+    generator, discriminator = models.build(tutorial_model(), (28, 28, 1), [-1.0, 1.0])
     assert generator.count_params() == 2_330_944
     assert discriminator.count_params() == 212_865
     # One more block: + a 5x5 128->256 convolution (819,456), and the Dense sees 4x4x256.
-    assert models.build(TutorialModel(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
+    assert models.build(tutorial_model(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
     noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
     images = np.asarray(generator(noise, training=False))
     assert images.shape == (3, 28, 28, 1)
@@ -36,7 +41,7 @@ def test_tutorial_architecture_matches_published_counts():
 
 def test_image_size_the_model_cannot_make():
     with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the data is \(32, 32, 1\)"):
-        models.build(TutorialModel(), (32, 32, 1), [-1.0, 1.0])
+        models.build(tutorial_model(), (32, 32, 1), [-1.0, 1.0])
 
 
 def test_train_refuses_a_size_the_model_cannot_make_before_any_data_work(tmp_path):
@@ -48,7 +53,7 @@ def test_train_refuses_a_size_the_model_cannot_make_before_any_data_work(tmp_pat
 
 def test_unknown_architecture():
     with pytest.raises(UserError, match="config key model.name: unknown architecture 'resnet'"):
-        models.build(ModelConfig(name="resnet"), (28, 28, 1), [-1.0, 1.0])
+        models.build(dataclasses.replace(tutorial_model(), name="resnet"), (28, 28, 1), [-1.0, 1.0])
 
 
 def _gan_and_batch(tiny_prepared, config=None):
@@ -293,7 +298,7 @@ def test_rmsprop_decay_matches_keras2():
 def test_label_smoothing_is_one_sided_and_label_noise_moves_both_targets_inward():
     from dcgan.gan import GAN
 
-    generator, discriminator = models.build(TutorialModel(), (28, 28, 1), [-1.0, 1.0])
+    generator, discriminator = models.build(tutorial_model(), (28, 28, 1), [-1.0, 1.0])
     like = tf.zeros((4096, 1))
     smoothed = GAN(generator, discriminator, 100, seed=0, label_smoothing=0.1)
     assert np.all(smoothed._targets(True, like).numpy() == np.float32(0.9))

@@ -2,7 +2,10 @@
 
 Hydra composes ``conf/`` (or DVC hands us the composed ``params.yaml``); ``validate`` merges
 that into these dataclasses, so a typo'd key, a wrong type or an out-of-range value fails
-with one line naming the key before any work starts. The schema is applied in code rather
+with one line naming the key before any work starts. ``conf/`` holds the values: a default
+here is the one ``conf/`` composes (tests/test_config.py checks), and a value each option of a
+group sets for itself (a model's sizes, an optimizer's rates, a dataset's URLs) has none
+(``MISSING``). The schema is applied in code rather
 than through Hydra's ConfigStore because DVC composes ``conf/`` without importing us.
 """
 
@@ -13,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dcgan.errors import UserError
 
@@ -45,7 +48,7 @@ class DataConfig:
     name: str = "mnist"  # folder under paths.prepared_dir
     source: str = "mnist"  # an IDX dataset of dcgan.data.sources.DATASETS, or image_folder
     mirror: Optional[str] = None  # local mirror folder; falls back to $DCGAN_DATA_MIRROR
-    urls: list[str] = field(default_factory=list)  # base URLs tried in order when downloading
+    urls: List[str] = MISSING  # base URLs tried in order when downloading ([] for none)
     limit: Optional[int] = None  # use only the first N training images
     image_size: int = 28
     channels: int = 1  # image folders: 1 (grey) or 3 (RGB); IDX data is grey
@@ -92,12 +95,12 @@ class DataConfig:
 class ModelConfig:
     """The keys every architecture reads; each architecture's schema adds its own."""
 
-    name: str = "dcgan_mnist"  # entry in dcgan.models.ARCHITECTURES and MODEL_SETTINGS
-    latent_dim: int = 100
-    leaky_slope: float = 0.3  # Keras' LeakyReLU default, as in the TF tutorial
-    d_output: str = "logits"  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
-    filters: int = 64  # base width (dcgan_mnist: D's first convolution)
-    d_joint_batch: bool = False  # D scores real and generated images as one batch (see dcgan.gan.GAN)
+    name: str = MISSING  # entry in dcgan.models.ARCHITECTURES and MODEL_SETTINGS
+    latent_dim: int = MISSING
+    leaky_slope: float = MISSING
+    d_output: str = MISSING  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
+    filters: int = MISSING  # base width (dcgan_mnist: D's first convolution)
+    d_joint_batch: bool = MISSING  # D scores real and generated images as one batch (see dcgan.gan.GAN)
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
@@ -113,7 +116,7 @@ class ModelConfig:
 class DropoutModel(ModelConfig):
     """dcgan_fashion, dcgan_rgb128: a discriminator with dropout after each block."""
 
-    dropout: float = 0.3
+    dropout: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +127,7 @@ class DropoutModel(ModelConfig):
 class TutorialModel(DropoutModel):
     """dcgan_mnist: the TF tutorial's networks, with a configurable depth of D."""
 
-    d_blocks: int = 2  # strided convolutions in D (2 as in the TF tutorial)
+    d_blocks: int = MISSING  # strided convolutions in D (2 as in the TF tutorial)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,8 +138,8 @@ class TutorialModel(DropoutModel):
 class RadfordModel(ModelConfig):
     """dcgan: Radford et al.'s networks for any power-of-two size."""
 
-    max_filters: int = 512  # width cap
-    g_activation: str = "relu"  # relu (Radford et al.) or leaky_relu
+    max_filters: int = MISSING  # width cap
+    g_activation: str = MISSING  # relu (Radford et al.) or leaky_relu
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,20 +152,20 @@ MODEL_SETTINGS = {"dcgan_mnist": TutorialModel, "dcgan_fashion": DropoutModel, "
 
 @dataclass
 class AdamSettings:
-    learning_rate: float = 1e-4
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+    learning_rate: float = MISSING
+    beta_1: float = MISSING
+    beta_2: float = MISSING
+    epsilon: float = MISSING
 
 
 @dataclass
 class RMSpropSettings:
-    learning_rate: float = 1e-4
-    rho: float = 0.9
-    momentum: float = 0.0
-    epsilon: float = 1e-7
-    clipvalue: Optional[float] = None
-    decay: float = 0.0  # Keras 2's per-step decay: lr / (1 + decay * step)
+    learning_rate: float = MISSING
+    rho: float = MISSING
+    momentum: float = MISSING
+    epsilon: float = MISSING
+    clipvalue: Optional[float] = MISSING
+    decay: float = MISSING  # Keras 2's per-step decay: lr / (1 + decay * step)
 
 
 OPTIMIZER_SETTINGS = {"adam": AdamSettings, "rmsprop": RMSpropSettings}
@@ -179,11 +182,11 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 9
     iterations: Optional[int] = None  # set: train for this many steps instead of train.epochs
     interval: Optional[int] = None  # steps between checkpoints/sample grids; null: one pass over the data
     interval_epochs: Optional[int] = None  # or: passes over the data between them (not both)
-    batch_size: int = 256
+    batch_size: int = 32
     seed: int = 42
     deterministic: bool = True  # op determinism: same seed -> same weights on CPU
     shuffle_buffer: int = 60000
@@ -195,12 +198,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
     label_smoothing: float = 0.0  # D's target for real images is 1 - label_smoothing (one-sided)
-    ema_decay: float = 0.0  # > 0: sample from an exponential moving average of G's weights
-    lr_decay: float = 0.0  # > 0: both learning rates fall linearly to 0 over this last share of the steps
-    r1_gamma: float = 0.0  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
+    ema_decay: float = 0.999  # > 0: sample from an exponential moving average of G's weights
+    lr_decay: float = 0.5  # > 0: both learning rates fall linearly to 0 over this last share of the steps
+    r1_gamma: float = 0.1  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
     r1_interval: int = 16  # applied every this many steps, scaled to match (lazy, as in StyleGAN2)
     augment: List[str] = field(default_factory=list)  # DiffAugment on D's inputs: any of AUGMENTATIONS, applied in order
-    precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.devices)
+    precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.precision)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
     threads: Optional[int] = None  # TensorFlow's op threads; null: all cores, or their share per parallel sweep job
@@ -309,7 +312,7 @@ OVERRIDES_TAG = "overrides"  # MLflow tag: the command-line overrides of a Hydra
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite mlflow.db at the project root
-    experiment: str = "dcgan"
+    experiment: str = "dcgan-mnist"
     run_name: Optional[str] = None  # null: the DVC experiment's name, else data, model, optimizer and overrides
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -363,7 +366,7 @@ class GenerateConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = field(default_factory=TutorialModel)  # the schema of model.name (MODEL_SETTINGS)
+    model: Any = None  # the schema of model.name (MODEL_SETTINGS), checked by validate
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -377,10 +380,9 @@ class Config:
 def _typed(schema: type, raw: Any, prefix: str) -> Any:
     """``raw`` checked against the dataclass ``schema``; errors name the key under ``prefix``."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), raw if raw is not None else {})
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw if raw is not None else {}))
     except OmegaConfBaseException as exc:
         raise UserError(f"config key {prefix}.{exc.key}: {_short(exc)}") from None
-    return OmegaConf.to_object(merged)
 
 
 def _optimizer_settings(name: str, network: str, raw: Any) -> Any:
@@ -394,6 +396,8 @@ def _optimizer_settings(name: str, network: str, raw: Any) -> Any:
 
 
 def _short(exc: OmegaConfBaseException) -> str:
+    if isinstance(exc, MissingMandatoryValue):
+        return "missing: conf/ (or params.yaml) must set it"
     message = str(exc).splitlines()[0]
     if "is not a ListConfig" in message:  # OmegaConf's words for a scalar where a list belongs
         return f"must be a list such as [a,b] (or [] for none), got {getattr(exc, 'value', None)!r}"
@@ -413,7 +417,7 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         raise UserError(f"config key {key}: {_short(exc)}") from None
-    architecture = model.get("name", ModelConfig.name)
+    architecture = model.get("name")
     _require(architecture in MODEL_SETTINGS, "model.name", f"unknown architecture {architecture!r} (choose from {', '.join(MODEL_SETTINGS)})")
     config.model = _typed(MODEL_SETTINGS[architecture], model, "model")
     name = config.optimizer.name
