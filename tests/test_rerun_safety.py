@@ -116,7 +116,7 @@ def test_a_moved_or_copied_project_keeps_its_artifacts_inside_it(finished, workd
     """``workdir`` is a copy of ``finished``, whose store records artifact locations in ``finished``."""
     moved = tmp_path / "moved"
     workdir.rename(moved)
-    # Its own process, as a user's: this one's MLflow client caches each run's artifact location.
+    # Its own process, as a user's, and nothing else writes into `finished` (asserted below).
     result = run_stage("train", *TINY, "train.epochs=3", cwd=moved, own_process=True)
     assert f"artifact locations under {(finished / 'mlartifacts').as_uri()} now point to {(moved / 'mlartifacts').as_uri()}" in result.stdout
     run = mlflow_client(moved).get_run(json.loads((moved / "models/run.json").read_text())["mlflow_run_id"])
