@@ -205,10 +205,13 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
 
     from hydra.core.global_hydra import GlobalHydra
 
+    from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as mlflow_tracking
 
-    # A new process knows no run's artifact location: MLflow caches them by run id, and a copied
-    # project's runs (same ids, another folder) would write into the original's mlartifacts/.
+    # MLflow's state as a new process has it: no active experiment (a resumed run is started by
+    # its id alone) and no cached artifact locations (MLflow caches them by run id, and a copied
+    # project's runs, same ids in another folder, would write into the original's mlartifacts/).
+    fluent._active_experiment_id = None
     mlflow_tracking._artifact_repos_cache.clear()
     saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv[:], dict(os.environ)
     saved_handlers, saved_level = logging.root.handlers[:], logging.root.level

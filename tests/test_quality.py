@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, run_stage
 from dcgan import quality
 from dcgan.config import ClassifierConfig
 from dcgan.data.pipeline import load_images
 from dcgan.errors import UserError
-from dcgan.data.prepare import prepare
+from dcgan.data.tfrecords import load_manifest
 from dcgan.models.classifier import build_classifier
 from dcgan.domain_classifier import classifier_for, training_epochs
 
@@ -27,9 +27,13 @@ def scored(tmp_path_factory):
     test images, and the next 4,000 test images as other real data. (A classifier trained
     on less data maps noise close to digits: precision 0.78 for noise after 2 epochs on
     12,000 images; 0.08 here; 0.015 with the default 3 epochs.)"""
-    config = compose_config([*TINY, "data.limit=60000", "metrics.classifier.epochs=1"], tmp_path_factory.mktemp("quality"))
-    manifest = prepare(config)
+    workdir, overrides = tmp_path_factory.mktemp("quality"), [*TINY, "data.limit=60000", "metrics.classifier.epochs=1"]
+    # Trained by the classifier stage in a process of its own, as users run it: this process's
+    # TensorFlow may carry other tests' global settings (op determinism, seeds, policies).
+    run_stage("classifier", *overrides, cwd=workdir, own_process=True)
+    config = compose_config(overrides, workdir)
     prepared = Path(config.paths.prepared_dir) / config.data.name
+    manifest = load_manifest(prepared)
     space = quality.feature_space(config, prepared, manifest)
     scorer = quality.Scorer(space, config, prepared, manifest, COUNT)
     images, labels = load_images(prepared, manifest, "test", 3 * COUNT)
