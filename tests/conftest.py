@@ -209,8 +209,10 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
     from mlflow.tracking._tracking_service import utils as mlflow_tracking
 
     # MLflow's state as a new process has it: no active experiment (a resumed run is started by
-    # its id alone) and no cached artifact locations (MLflow caches them by run id, and a copied
-    # project's runs, same ids in another folder, would write into the original's mlartifacts/).
+    # its id alone), no tracking URI set (put back afterwards: a later test's MLFLOW_TRACKING_URI
+    # would lose to the stage's) and no cached artifact locations (MLflow caches them by run id,
+    # and a copied project's runs, same ids in another folder, would write into the original's
+    # mlartifacts/).
     fluent._active_experiment_id = None
     mlflow_tracking._artifact_repos_cache.clear()
     saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv[:], dict(os.environ)
@@ -230,7 +232,7 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
         os.chdir(cwd)
         sys.argv = command[1:]
         GlobalHydra.instance().clear()
-        with redirect_stdout(out), redirect_stderr(err):
+        with redirect_stdout(out), redirect_stderr(err), mlflow_tracking._use_tracking_uri(None):
             try:
                 runpy.run_path(command[1], run_name="__main__")
             except SystemExit as exit:
