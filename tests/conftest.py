@@ -222,11 +222,13 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
     # Handlers writing to the console write to the captured output meanwhile: Hydra's logging
     # set-up closes every handler there is (logging._handlerList, attached or not), and absl's
     # closes its stream unless it is the current sys.stderr (pytest's would be closed, then).
-    console = {id(sys.stdout): out, id(sys.stderr): err}
+    # A stream is known by its file descriptor too: DVC's import wraps sys.stdout and sys.stderr
+    # (colorama), after absl's handler took the unwrapped one.
+    console = {_console_key(sys.stdout): out, _console_key(sys.stderr): err}
     handlers = [ref() for ref in logging._handlerList]
-    redirected = [(handler, handler.stream) for handler in handlers if id(vars(handler).get("stream")) in console]
+    redirected = [(handler, handler.stream) for handler in handlers if _console_key(vars(handler).get("stream")) in console]
     for handler, stream in redirected:
-        handler.stream = console[id(stream)]
+        handler.stream = console[_console_key(stream)]
     returncode = 0
     try:
         os.chdir(cwd)
@@ -250,6 +252,14 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
         for handler, stream in redirected:
             handler.stream = stream
     return subprocess.CompletedProcess(command, returncode, out.getvalue(), err.getvalue())
+
+
+def _console_key(stream) -> object:
+    """The file descriptor a stream writes to, or the stream itself if it has none."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the latter
+        return id(stream)
 
 
 def last_line_error(result: subprocess.CompletedProcess) -> str:
@@ -292,6 +302,26 @@ def sh(*args: str, cwd: Path, timeout: float = 900, env: Optional[dict] = None) 
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result.stdout + result.stderr
+
+
+def run_dvc_queue(project: Path, workers: int = 2, env: Optional[dict] = None, timeout: float = 900,
+                  server_log: Optional[Path] = None) -> str:
+    """Start ``workers`` DVC queue workers in ``project`` and wait until the queue is done; its
+    status. If it is not done in ``timeout`` s: an AssertionError with the status, each task's
+    log (and the tail of ``server_log``)."""
+    # Detached from our pipes: the workers inherit them and `dvc queue start` would wait for them.
+    subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=project, env=env or venv_env(), check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    deadline = time.monotonic() + timeout
+    while "Queued" in (status := sh("dvc", "queue", "status", cwd=project, env=env)) or "Running" in status:
+        if time.monotonic() > deadline:
+            tasks = [line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+            logs = [sh("dvc", "queue", "logs", task, cwd=project, env=env)[-3000:] for task in tasks]
+            if server_log is not None and server_log.is_file():
+                logs.append(server_log.read_text(errors="replace")[-3000:])
+            raise AssertionError(f"the DVC queue is not done after {timeout:.0f} s:\n{status}\n" + "\n".join(logs))
+        time.sleep(5)
+    return status
 
 
 def dvc_project(root: Path, overrides: list[str]) -> Path:

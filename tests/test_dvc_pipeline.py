@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import venv_env, dvc_project, sh
+from conftest import dvc_project, run_dvc_queue, sh, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -201,13 +201,7 @@ def test_queued_sweep_lands_in_the_project_mlflow_store(project):
     # A new experiment name: the queued runs create it from inside DVC's temp copies.
     overrides = [*TINY, "train.seed=7", "tracking.experiment=queued", "optimizer=adam,rmsprop"]
     sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in overrides), cwd=project)
-    sh("dvc", "queue", "start", "-j", "2", cwd=project)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = sh("dvc", "queue", "status", cwd=project)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
+    status = run_dvc_queue(project)
     assert status.count("Success") == 2, status
 
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project))

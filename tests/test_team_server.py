@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, Training, dvc_project, free_port, last_line_error, needs_package, run_stage, sh, sweep_runs, training_run_id, venv_env
+from conftest import (REPO, TINY, Training, dvc_project, free_port, last_line_error, needs_package, run_dvc_queue, run_stage, sh, sweep_runs,
+                      training_run_id, venv_env)
 from dcgan import server
 
 pytestmark = pytest.mark.slow
@@ -126,11 +127,7 @@ def test_a_dvc_queue_runs_every_stage_against_the_server(team_server, tmp_path):
     env = venv_env(MLFLOW_TRACKING_URI=team_server.uri)
     # `dvc exp run -S` composes params.yaml from conf/ and the -S overrides alone: all of them, each time.
     sh("dvc", "exp", "run", "--queue", *(f"-S{o}" for o in [*profile, "optimizer=adam,rmsprop"]), cwd=project, env=env)
-    sh("dvc", "queue", "start", "-j", "2", cwd=project, env=env)
-    deadline = time.monotonic() + 900
-    while "Queued" in (status := sh("dvc", "queue", "status", cwd=project)) or "Running" in status:
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    status = run_dvc_queue(project, env=env, server_log=team_server.folder / "mlflow.log")
     assert status.count("Success") == 2, status
 
     client = team_server.client()
