@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s: longer than a tiny round
     run_stage("prepare", *TINY, cwd=tmp_path)
     first = run_stage("train", *TINY, cwd=tmp_path)
     run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
@@ -52,6 +53,7 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     assert run.info.run_name == "mnist dcgan_mnist adam: debug=tiny"  # what it trains, and how it was asked
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert "git_commit" in run.data.tags or "version.keras" in run.data.tags
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     assert len(run.data.tags["data.manifest_sha256"]) == 64
     [data] = run.inputs.dataset_inputs  # the run page's "Datasets"
     assert (data.dataset.name, data.dataset.digest) == ("mnist", run.data.tags["data.manifest_sha256"][:36])

@@ -84,3 +84,16 @@ def test_the_defaults_table_matches_conf():
     assert len(rows) >= 15
     defaults = flatten(to_dict(compose_config()))
     assert {key: _value(text) for key, text in rows} == {key: defaults[key] for key, _ in rows}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_reach_a_heading():
+    anchors = {page.name: {_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)} for page in PAGES}
+    links = [(page.name, target, anchor) for page in PAGES
+             for target, anchor in re.findall(r"\]\((?:docs/)?([\w.]+\.md)?#([\w-]+)\)", page.read_text())]
+    assert len(links) >= 5
+    assert [link for link in links if link[2] not in anchors.get(link[1] or link[0], set())] == []

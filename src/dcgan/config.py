@@ -315,6 +315,7 @@ class TrackingConfig:
     experiment: str = "dcgan-mnist"
     run_name: Optional[str] = None  # null: the DVC experiment's name, else data, model, optimizer and overrides
     tags: dict[str, str] = field(default_factory=dict)
+    system_metrics: bool = True  # MLflow's system metrics of the training run
 
 
 @dataclass

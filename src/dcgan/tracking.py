@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -25,9 +26,10 @@ from dcgan.precision import Precision
 from dcgan.project import project_root
 
 log = logging.getLogger(__name__)
-# MLflow announces creating or upgrading its tables at INFO: start-up noise on stderr,
-# which should hold one line when a run stops early.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+# MLflow announces creating or upgrading its tables, and starting and stopping the system
+# metrics monitor, at INFO: noise on stderr, which should hold one line when a run stops early.
+for _announcer in ("mlflow.store.db.utils", "mlflow.system_metrics.system_metrics_monitor"):
+    logging.getLogger(_announcer).setLevel(logging.WARNING)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
@@ -283,12 +285,13 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     try:
         run_id = _existing_run(run_id)
         if run_id is not None:
-            run = mlflow.start_run(run_id=run_id)
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=config.tracking.system_metrics)
         else:
             mlflow.set_experiment(experiment_id=experiment_id(config.tracking.experiment))
             # A job of a Hydra multirun is a child of the sweep's run (dcgan.sweeps).
             parent = {"mlflow.parentRunId": os.environ[PARENT_RUN_ENV]} if os.environ.get(PARENT_RUN_ENV) else {}
-            run = mlflow.start_run(run_name=run_name(config), tags={**provenance_tags(), **config.tracking.tags, **parent})
+            run = mlflow.start_run(run_name=run_name(config), tags={**provenance_tags(), **config.tracking.tags, **parent},
+                                   log_system_metrics=config.tracking.system_metrics)
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
@@ -378,7 +381,12 @@ def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> N
     from mlflow.types import Schema, TensorSpec
 
     schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *manifest["image_shape"]), "image")])
-    dataset = MetaDataset(resolve_dataset_source(str(folder.resolve())), name=name, digest=digest[:36], schema=schema)
+    with warnings.catch_warnings():
+        # MLflow registers the same local-file source for two URI schemes and warns that a
+        # path matches both; either is the same source.
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways", UserWarning)
+        source = resolve_dataset_source(str(folder.resolve()))
+    dataset = MetaDataset(source, name=name, digest=digest[:36], schema=schema)
     once_more_if_raced(lambda: mlflow.log_input(dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])}))
 
 
@@ -393,7 +401,9 @@ def log_generator(generator, latent_dim: int, round_number: int) -> None:
     # Stated, not inferred: inference re-imports the model in a subprocess (~8 s per training)
     # and lists this package, which is not on PyPI; the logged network is plain Keras.
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
+    # A signature and no input example: MLflow checks an example by reloading the saved model to
+    # predict it (seconds, and Keras's progress bar); tests/test_generate.py serves the model.
     mlflow.tensorflow.log_model(
-        generator, name="generator", signature=signature, input_example=noise, pip_requirements=requirements,
-        step=round_number, tags={"epoch": str(round_number)},
+        generator, name="generator", signature=signature, pip_requirements=requirements, step=round_number,
+        tags={"epoch": str(round_number)},
     )
