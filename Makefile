@@ -39,8 +39,9 @@ TEST_WORKERS ?= 2
 system-packages:  ## install SYSTEM_PACKAGES when missing (as root, with apt-get); otherwise their tests skip
 	@bash .ci/system-packages $(SYSTEM_PACKAGES)
 
-test: install system-packages  ## lint, then the whole suite, slow end-to-end tests included
+test: install system-packages  ## lint and format check, then the whole suite, slow end-to-end tests included
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-quick: install  ## unit tests only

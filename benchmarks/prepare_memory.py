@@ -42,7 +42,11 @@ def run_prepare(workdir: Path, data: str, folder: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="flowers128", help="data config (an image_folder source)")
-    parser.add_argument("--folder", type=Path, default=Path(os.environ.get("DCGAN_DATA_MIRROR", REPO.parent / "shared/datasets")) / "flowers_ccby/images")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=Path(os.environ.get("DCGAN_DATA_MIRROR", REPO.parent / "shared/datasets")) / "flowers_ccby/images",
+    )
     args = parser.parse_args()
     images = sorted(p for p in args.folder.iterdir() if p.is_file())
     results = {}
@@ -58,8 +62,10 @@ def main() -> None:
             as_project(workdir)
             seconds, peak = run_prepare(workdir, args.data, folder)
             results[copies] = (len(images) * copies, seconds, peak)
-            print(f"{copies}x folder: {len(images) * copies} images in {seconds:.1f} s "
-                  f"({len(images) * copies / seconds:.0f} images/s incl. start-up), peak RSS {peak:.0f} MiB")
+            print(
+                f"{copies}x folder: {len(images) * copies} images in {seconds:.1f} s "
+                f"({len(images) * copies / seconds:.0f} images/s incl. start-up), peak RSS {peak:.0f} MiB"
+            )
     growth = results[3][2] / results[1][2]
     print(f"peak_rss_mib_1x={results[1][2]:.0f} peak_rss_mib_3x={results[3][2]:.0f} memory_growth_3x={growth:.2f}")
 

@@ -7,10 +7,10 @@
 
 ``floor``: 10,000 random training images vs the 10,000 test images (what a perfect
 generator would score; as many as the test split has, if fewer), uniform noise, and only
-the training images of one class, class 3 (a mode-collapsed "generator"). ``tutorial``: trains the TensorFlow DCGAN tutorial's loop as
-published (its networks, Adam(1e-4), fp32, ``from_tensor_slices(...).shuffle().batch()``)
-for the given number of epochs (9 epochs took ~26 min alone here, the default run's budget), printing
-FID on 2,000 samples after every epoch and all metrics on 10,000 at the end. ``precision``:
+the training images of one class, class 3 (a mode-collapsed "generator"). ``tutorial``:
+trains the TensorFlow DCGAN tutorial's loop as published (its networks, Adam(1e-4), fp32,
+``from_tensor_slices(...).shuffle().batch()``) for the given number of epochs, printing FID
+on 2,000 samples after every epoch and all metrics on 10,000 at the end. ``precision``:
 the product's default training for the given number of epochs, once in fp32 and once
 with ``train.precision=auto``, same seed and data order, printing both runs' losses, D
 outputs and FID (2,000 samples) after every epoch side by side: the fast path must train
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from throughput import REPO, configure, history, tutorial_step
 
 from dcgan import quality, viz
 from dcgan.data.pipeline import load_images
-from dcgan.data.tfrecords import to_uint8
 from dcgan.data.prepare import prepared_dataset
+from dcgan.data.tfrecords import to_uint8
 from dcgan.stages.train import train
-from throughput import REPO, configure, history, tutorial_step
 
 COUNT = 10000
 
@@ -69,7 +69,10 @@ def main() -> None:
         subset = np.random.default_rng(1).choice(len(train_images), min(count, len(train_images)), replace=False)
         show("real train vs real test", scorer.score(train_images[np.sort(subset)]))
         show("uniform noise", scorer.score(noise))
-        show(f"one class ({manifest.get('classes', range(10))[3]})", scorer.score(train_images[train_labels == 3][:count]))
+        show(
+            f"one class ({manifest.get('classes', range(10))[3]})",
+            scorer.score(train_images[train_labels == 3][:count]),
+        )
         return
 
     progress = quality.Scorer(space, config, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
@@ -81,8 +84,15 @@ def main() -> None:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
 
 
-def tutorial_curve(config, manifest: dict, train_images: np.ndarray, progress: quality.Scorer, noise: np.ndarray,
-                   epochs: int | None = None, budget_seconds: float | None = None):
+def tutorial_curve(
+    config,
+    manifest: dict,
+    train_images: np.ndarray,
+    progress: quality.Scorer,
+    noise: np.ndarray,
+    epochs: int | None = None,
+    budget_seconds: float | None = None,
+):
     """Train the TF tutorial's loop as published (batch 256) for ``epochs``, or until
     ``budget_seconds`` of training (scoring not counted) have passed, stopping mid-epoch if
     need be; FID on ``noise``'s samples after every epoch and at the end. Returns the
@@ -100,7 +110,10 @@ def tutorial_curve(config, manifest: dict, train_images: np.ndarray, progress: q
         generator.trainable_variables[0].numpy()  # wait for the last step
         trained += time.perf_counter() - started
         rows.append((epoch, trained, progress.score(quality.generate(generator, noise))["fid"]))
-        print(f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID (2,000 samples) {rows[-1][2]:.2f}", flush=True)
+        print(
+            f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID (2,000 samples) {rows[-1][2]:.2f}",
+            flush=True,
+        )
     return generator, rows
 
 
@@ -110,13 +123,21 @@ def compare_precisions(epochs: int, overrides: list[str]) -> None:
     histories = {}
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-precision-"))
     for precision in ("fp32", "auto"):
-        config = configure(workdir, [f"train.epochs={epochs}", f"train.precision={precision}", "train.resume=never", *overrides])
-        config.paths.models_dir, config.paths.reports_dir = str(workdir / f"models-{precision}"), str(workdir / f"reports-{precision}")
+        config = configure(
+            workdir, [f"train.epochs={epochs}", f"train.precision={precision}", "train.resume=never", *overrides]
+        )
+        config.paths.models_dir, config.paths.reports_dir = (
+            str(workdir / f"models-{precision}"),
+            str(workdir / f"reports-{precision}"),
+        )
         train(config)
         histories[precision] = history(Path(config.paths.reports_dir) / "train_history.csv")
     print(f"\n{'epoch':>5}  " + "  ".join(f"{c + ' ' + p:>14}" for c in columns for p in ("fp32", "auto")))
     for fp32, auto in zip(histories["fp32"], histories["auto"]):
-        print(f"{int(fp32['epoch']):>5}  " + "  ".join(f"{row.get(c, float('nan')):>14.4f}" for c in columns for row in (fp32, auto)))
+        print(
+            f"{int(fp32['epoch']):>5}  "
+            + "  ".join(f"{row.get(c, float('nan')):>14.4f}" for c in columns for row in (fp32, auto))
+        )
     speed = {p: statistics.median(row["images_per_sec"] for row in rows) for p, rows in histories.items()}
     print(f"median images/s: fp32 {speed['fp32']:.1f}, auto {speed['auto']:.1f} ({speed['auto'] / speed['fp32']:.2f}x)")
 

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
+from projects import as_project
 
 from dcgan import search
-from projects import as_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 def train(workdir: Path, *overrides: str) -> float:
     """Seconds ``python src/train.py`` takes with ``overrides`` in ``workdir``."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "src/train.py"), *overrides], cwd=workdir, capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"train {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -53,7 +55,9 @@ def train(workdir: Path, *overrides: str) -> float:
 def prepare(workdir: Path, overrides: list[str]) -> None:
     """The data and the domain classifier, made before the clocks start."""
     for stage in ("prepare", "classifier"):
-        result = subprocess.run([sys.executable, str(REPO / f"src/{stage}.py"), *overrides], cwd=workdir, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, str(REPO / f"src/{stage}.py"), *overrides], cwd=workdir, capture_output=True, text=True
+        )
         if result.returncode != 0:
             sys.exit(f"{stage} failed:\n{result.stderr[-3000:]}")
 
@@ -70,10 +74,22 @@ def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         address = f"127.0.0.1:{port}"
-        ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}",
-               "--object-store-memory=100000000", "--disable-usage-stats"]
+        ray = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus_per_node}",
+            "--object-store-memory=100000000",
+            "--disable-usage-stats",
+        ]
         # The head's temp dir, short: Ray's socket paths must fit in 107 characters.
-        head = [*ray, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"]
+        head = [
+            *ray,
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}",
+        ]
         # Without token authentication: a token in ~/.ray (which a `ray.init()` of its own writes)
         # turns it on for the head, and the worker nodes would then need it too.
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -99,18 +115,38 @@ def launchers(jobs: int, overrides: list[str]) -> None:
         parallel = train(workdir, *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
         print(f"joblib launcher, 2 jobs at a time:            {parallel:.1f} s", flush=True)
         with loopback_ray_cluster(nodes=2, cpus_per_node=half) as address:
-            on_ray = train(workdir, *sweep, "hydra/launcher=ray", f"hydra.launcher.address={address}", f"hydra.launcher.num_cpus={half}")
+            on_ray = train(
+                workdir,
+                *sweep,
+                "hydra/launcher=ray",
+                f"hydra.launcher.address={address}",
+                f"hydra.launcher.num_cpus={half}",
+            )
         print(f"ray launcher, 2-node loopback cluster:        {on_ray:.1f} s", flush=True)
-    print(f"basic_s={basic:.1f} parallel_s={parallel:.1f} ray_s={on_ray:.1f} speedup={basic / parallel:.2f} ray_speedup={basic / on_ray:.2f}")
+    print(
+        f"basic_s={basic:.1f} parallel_s={parallel:.1f} ray_s={on_ray:.1f} speedup={basic / parallel:.2f} "
+        f"ray_speedup={basic / on_ray:.2f}"
+    )
 
 
 def run_search(workdir: Path, name: str, trials: int, prune: bool, overrides: list[str]) -> tuple[float, optuna.Study]:
     journal = workdir / f"{name}.journal"
     # Without pruning: every trial counts as a start-up trial, which the pruner never stops.
     startup = 2 if prune else trials
-    minutes = train(workdir, "-m", "hparams_search=fid_optuna", *overrides, f"hydra.sweeper.study_name={name}",
-                    f"hydra.sweeper.storage={journal}", f"hydra.sweeper.n_trials={trials}",
-                    f"hydra.sweeper.startup_trials={startup}", f"hydra.sweeper.best_params={workdir / name}.yaml") / 60
+    minutes = (
+        train(
+            workdir,
+            "-m",
+            "hparams_search=fid_optuna",
+            *overrides,
+            f"hydra.sweeper.study_name={name}",
+            f"hydra.sweeper.storage={journal}",
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.startup_trials={startup}",
+            f"hydra.sweeper.best_params={workdir / name}.yaml",
+        )
+        / 60
+    )
     return minutes, optuna.load_study(study_name=name, storage=search.storage(str(journal)))
 
 
@@ -122,11 +158,17 @@ def searches(trials: int, overrides: list[str]) -> None:
         for name, prune in (("pruned", True), ("unpruned", False)):
             minutes, study = run_search(workdir, name, trials, prune, overrides)
             states = [trial.state.name.lower() for trial in study.trials]
-            print(f"{name:9s} {minutes:6.1f} min  trials: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
-                  + f"  best FID {study.best_value:.2f}", flush=True)
+            print(
+                f"{name:9s} {minutes:6.1f} min  trials: "
+                + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+                + f"  best FID {study.best_value:.2f}",
+                flush=True,
+            )
             results[name] = (minutes, study.best_value)
-    print(f"pruned_minutes={results['pruned'][0]:.1f} unpruned_minutes={results['unpruned'][0]:.1f} "
-          f"pruned_best_fid={results['pruned'][1]:.2f} unpruned_best_fid={results['unpruned'][1]:.2f}")
+    print(
+        f"pruned_minutes={results['pruned'][0]:.1f} unpruned_minutes={results['unpruned'][0]:.1f} "
+        f"pruned_best_fid={results['pruned'][1]:.2f} unpruned_best_fid={results['unpruned'][1]:.2f}"
+    )
 
 
 def main() -> None:

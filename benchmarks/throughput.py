@@ -38,10 +38,10 @@ from dcgan import models
 from dcgan.callbacks import Throughput
 from dcgan.config import Config, validate
 from dcgan.data.pipeline import load_images, training_dataset
-from dcgan.errors import TrainingDiverged
-from dcgan.precision import cache_file, resolve_precision
-from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.data.prepare import prepared_dataset
+from dcgan.errors import TrainingDiverged
+from dcgan.models.layers import FusedBatchNormalization, standard_copy
+from dcgan.precision import cache_file, resolve_precision
 from dcgan.resume import Schedule
 from dcgan.stages.train import build_gan, train
 
@@ -120,7 +120,9 @@ def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int,
             real_output = discriminator(images, training=True)
             fake_output = discriminator(generated_images, training=True)
             gen_loss = cross_entropy(tf.ones_like(fake_output), fake_output)
-            disc_loss = cross_entropy(tf.ones_like(real_output), real_output) + cross_entropy(tf.zeros_like(fake_output), fake_output)
+            disc_loss = cross_entropy(tf.ones_like(real_output), real_output) + cross_entropy(
+                tf.zeros_like(fake_output), fake_output
+            )
         gradients_of_generator = gen_tape.gradient(gen_loss, generator.trainable_variables)
         gradients_of_discriminator = disc_tape.gradient(disc_loss, discriminator.trainable_variables)
         generator_optimizer.apply_gradients(zip(gradients_of_generator, generator.trainable_variables))
@@ -129,7 +131,9 @@ def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int,
     return generator, train_step
 
 
-def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, rounds: int, fused_batch_norm: bool = False) -> list[float]:
+def tutorial_loop(
+    config: Config, images: np.ndarray, batch: int, steps: int, rounds: int, fused_batch_norm: bool = False
+) -> list[float]:
     """Images/s of the tutorial's training loop over its own input pipeline, per round."""
     generator, train_step = tutorial_step(config, images.shape[1:], batch, fused_batch_norm)
     dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images)).batch(batch, drop_remainder=True).repeat()
@@ -145,19 +149,26 @@ def tutorial_loop(config: Config, images: np.ndarray, batch: int, steps: int, ro
     return rates
 
 
-def product_path(config: Config, workdir: Path, steps: int, rounds: int, precision: str, metrics_every: int = 1) -> tuple[list[float], float]:
+def product_path(
+    config: Config, workdir: Path, steps: int, rounds: int, precision: str, metrics_every: int = 1
+) -> tuple[list[float], float]:
     """Per-round images/s of the real ``train`` (warm-up round excluded) and the seconds
     per round spent outside training steps, with in-training scores every ``metrics_every``
     rounds (0: none)."""
     label = f"{precision}-metrics{metrics_every}"
-    config.paths.models_dir, config.paths.reports_dir = str(workdir / f"models-{label}"), str(workdir / f"reports-{label}")
+    config.paths.models_dir, config.paths.reports_dir = (
+        str(workdir / f"models-{label}"),
+        str(workdir / f"reports-{label}"),
+    )
     config.train.iterations, config.train.interval, config.train.precision = (rounds + 1) * steps, steps, precision
     config.train.resume, config.metrics.every = "never", metrics_every
     final = train(config)
     timed = history(Path(config.paths.reports_dir) / "train_history.csv")[1:]
     keras.backend.clear_session()
     step_seconds = sum(row["epoch_seconds"] for row in timed)
-    return [row["images_per_sec"] for row in timed], final["overhead"] / (1 - final["overhead"]) * step_seconds / len(timed)
+    return [row["images_per_sec"] for row in timed], final["overhead"] / (1 - final["overhead"]) * step_seconds / len(
+        timed
+    )
 
 
 def history(path: Path) -> list[dict]:
@@ -198,8 +209,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every setup, e.g. data.limit=2048")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: {len(tf.config.list_physical_devices('CPU'))} device(s), "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; work dir {workdir}", flush=True)
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: "
+        f"{len(tf.config.list_physical_devices('CPU'))} device(s), "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; work dir {workdir}",
+        flush=True,
+    )
 
     peak = {"float32": matmul_peak(tf.float32), "bfloat16": matmul_peak(tf.bfloat16)}
     print(f"matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
@@ -208,7 +223,9 @@ def main() -> None:
 
     setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
     if not args.skip_rgb:
-        setups.append(("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4))
+        setups.append(
+            ("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4)
+        )
     summary = {}
     for title, overrides, batch, steps in setups:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
@@ -217,24 +234,32 @@ def main() -> None:
         round_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_round
         metrics_every = config.metrics.every
         images, _ = load_images(prepared, manifest, "train", 60000)
-        generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
+        generator, discriminator = models.build(
+            config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"]
+        )
         flops = training_flops(generator, discriminator)
-        print(f"\n== {title}, batch {batch}: {flops / 1e9:.3f} GFLOP per training image (forward + backward)", flush=True)
+        print(
+            f"\n== {title}, batch {batch}: {flops / 1e9:.3f} GFLOP per training image (forward + backward)", flush=True
+        )
 
         reference = tutorial_loop(config, images, batch, steps, args.rounds)
         print(f"(a) tutorial loop, fp32      {spread(reference)}", flush=True)
         if any(isinstance(layer, FusedBatchNormalization) for layer in generator.layers + discriminator.layers):
             # Not the reference: how much of (b)'s lead is the fused batch-norm kernel alone.
             fused = tutorial_loop(config, images, batch, steps, args.rounds, fused_batch_norm=True)
-            print(f"    same loop with the product's fused batch norm {spread(fused)}  ratio to (a) "
-                  f"{statistics.median(fused) / statistics.median(reference):.2f}", flush=True)
+            print(
+                f"    same loop with the product's fused batch norm {spread(fused)}  ratio to (a) "
+                f"{statistics.median(fused) / statistics.median(reference):.2f}",
+                flush=True,
+            )
         keras.backend.clear_session()
         results = {}
         try:
             for precision in ("fp32", "auto"):
                 results[precision] = product_path(config, workdir, steps, args.rounds, precision)
                 rates = results[precision][0]
-                print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {statistics.median(rates) / statistics.median(reference):.2f}", flush=True)
+                ratio = statistics.median(rates) / statistics.median(reference)
+                print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {ratio:.2f}", flush=True)
             # Only for the overhead: the same run without in-training scores.
             unscored_overhead = product_path(config, workdir, steps, args.rounds, "auto", metrics_every=0)[1]
         except TrainingDiverged as exc:  # a figure for a run that diverged would mean nothing
@@ -251,16 +276,29 @@ def main() -> None:
         compute = compute_only(config, manifest, images, batch, steps, "auto")
         waiting = max(0.0, 1 - statistics.median(rates) / compute)
         pipeline = pipeline_rate(prepared, manifest, batch, steps)
-        print(f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[faster_peak]:.2f} of the faster ({faster_peak}) matmul peak; "
-              f"auto chose {chosen.describe()}")
-        print(f"    input pipeline alone {pipeline:.0f} img/s = {pipeline / statistics.median(rates):.1f}x the training rate; "
-              f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input")
+        print(
+            f"    achieved {achieved:.0f} GFLOP/s = {achieved / peak[faster_peak]:.2f} of the faster "
+            f"({faster_peak}) matmul peak; "
+            f"auto chose {chosen.describe()}"
+        )
+        print(
+            f"    input pipeline alone {pipeline:.0f} img/s = {pipeline / statistics.median(rates):.1f}x the "
+            "training rate; "
+            f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input"
+        )
         cadence = f"every {metrics_every} round(s)" if metrics_every else "never"
-        print(f"    per-round overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores {scoring:.1f} s; "
-              f"with scores {cadence} as configured = {per_round:.1%} of a {round_steps}-step round", flush=True)
+        print(
+            f"    per-round overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores "
+            f"{scoring:.1f} s; "
+            f"with scores {cadence} as configured = {per_round:.1%} of a {round_steps}-step round",
+            flush=True,
+        )
         summary.setdefault("speedup", statistics.median(rates) / statistics.median(reference))
         summary.setdefault("fraction", achieved / peak[faster_peak])
-    print(f"speedup_vs_tutorial={summary['speedup']:.2f} fraction_of_peak={summary['fraction']:.2f} precision={chosen.policy}")
+    print(
+        f"speedup_vs_tutorial={summary['speedup']:.2f} fraction_of_peak={summary['fraction']:.2f} "
+        f"precision={chosen.policy}"
+    )
 
 
 if __name__ == "__main__":

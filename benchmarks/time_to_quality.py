@@ -32,24 +32,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+from projects import as_project
+from quality import tutorial_curve
+from throughput import REPO, configure
 
 from dcgan import quality
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
-from dcgan.precision import resolve_precision
 from dcgan.data.prepare import prepared_dataset
-from quality import tutorial_curve
-from projects import as_project
-from throughput import REPO, configure
+from dcgan.precision import resolve_precision
 
 
-def run_default(config: Config, workdir: Path, target: float, stop_at_target: bool, overrides: list[str]) -> tuple[list[tuple[float, dict]], float | None]:
+def run_default(
+    config: Config, workdir: Path, target: float, stop_at_target: bool, overrides: list[str]
+) -> tuple[list[tuple[float, dict]], float | None]:
     """(minutes since start, history row) per round of ``src/train.py``, and the minutes at
     which FID first reached ``target`` (None if it never did)."""
     command = [
-        sys.executable, str(REPO / "src/train.py"), *overrides, "train.resume=never",
+        sys.executable,
+        str(REPO / "src/train.py"),
+        *overrides,
+        "train.resume=never",
         *(f"paths.{key}={getattr(config.paths, key)}" for key in ("raw_dir", "prepared_dir", "classifier_dir")),
-        f"paths.models_dir={workdir / 'models'}", f"paths.reports_dir={workdir / 'reports'}",
+        f"paths.models_dir={workdir / 'models'}",
+        f"paths.reports_dir={workdir / 'reports'}",
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
     ]
     state = workdir / "models/checkpoints/state.json"  # its history grows by a row per committed round
@@ -57,16 +63,21 @@ def run_default(config: Config, workdir: Path, target: float, stop_at_target: bo
     reached = None
     started = time.perf_counter()
     with open(workdir / "train.log", "w") as log:
-        process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         while process.poll() is None:
             time.sleep(1.0)
             if reached is not None and stop_at_target:
                 continue  # stopping: rounds it may still finish do not count
             done = json.loads(state.read_text())["history"] if state.is_file() else []
-            for row in done[len(rows):]:
+            for row in done[len(rows) :]:
                 minutes = (time.perf_counter() - started) / 60
                 rows.append((minutes, row))
-                print(f"default round {int(row['epoch'])}: {minutes:.1f} min, FID (2,000 samples) {row.get('fid', float('nan')):.2f}", flush=True)
+                fid = row.get("fid", float("nan"))
+                print(
+                    f"default round {int(row['epoch'])}: {minutes:.1f} min, FID (2,000 samples) {fid:.2f}", flush=True
+                )
                 if reached is None and row.get("fid", float("inf")) <= target:
                     reached = minutes
                     if stop_at_target:
@@ -104,13 +115,21 @@ def main() -> None:
     best = min(fid for _, _, fid in curve)
 
     if reached is None:
-        print(f"\nthe default run did not reach FID <= {args.target} in its {budget:.1f} min (last FID {default_fid:.2f}); "
-              f"the tutorial loop in the same minutes: best FID {best:.2f}")
+        print(
+            f"\nthe default run did not reach FID <= {args.target} in its {budget:.1f} min (last FID "
+            f"{default_fid:.2f}); "
+            f"the tutorial loop in the same minutes: best FID {best:.2f}"
+        )
     else:
-        print(f"\ndefault configuration: FID {default_fid:.2f} <= {args.target} after {reached:.1f} min; "
-              f"tutorial loop in the same {reached:.1f} min: best FID {best:.2f} ({best / default_fid:.1f}x the default's)")
-    print(f"minutes_to_target={reached if reached is not None else float('nan'):.1f} default_fid={default_fid:.2f} "
-          f"tutorial_best_fid_same_minutes={best:.2f} precision={precision.policy}")
+        print(
+            f"\ndefault configuration: FID {default_fid:.2f} <= {args.target} after {reached:.1f} min; "
+            f"tutorial loop in the same {reached:.1f} min: best FID {best:.2f} ({best / default_fid:.1f}x the "
+            "default's)"
+        )
+    print(
+        f"minutes_to_target={reached if reached is not None else float('nan'):.1f} default_fid={default_fid:.2f} "
+        f"tutorial_best_fid_same_minutes={best:.2f} precision={precision.policy}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from dcgan.project import enter_root
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].removeprefix("Entry point: "))
     parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--folder", type=Path, default=Path(".mlflow-server"), help="cluster, artifacts, password, logs")
+    parser.add_argument(
+        "--folder", type=Path, default=Path(".mlflow-server"), help="cluster, artifacts, password, logs"
+    )
     parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port")
     parser.add_argument("--db-port", type=int, default=5433, help="PostgreSQL's port")
     args = parser.parse_args()

@@ -29,8 +29,8 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from dcgan.config import MIRROR_ENV, Config, validate
-from dcgan.precision import CACHE_ENV
 from dcgan.data.sources import ImageArchive
+from dcgan.precision import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # tests start what benchmarks start (a loopback Ray cluster) the same way
@@ -65,7 +65,7 @@ def pytest_configure(config):
         # (they size their thread pools by affinity): TensorFlow's pools of two workers on the
         # same cores wait on each other, which made two workers slower than one.
         cores = sorted(os.sched_getaffinity(0))
-        share = cores[int(worker.removeprefix("gw")) % len(cores)::int(workers)]
+        share = cores[int(worker.removeprefix("gw")) % len(cores) :: int(workers)]
         os.sched_setaffinity(0, share or cores)
 
 
@@ -73,8 +73,10 @@ def pytest_collection_modifyitems(config, items):
     _modules_with_most_slow_tests_first(items)
     if HAS_REAL_MIRROR:
         return
-    skip = pytest.mark.skip(reason=f"needs the real dataset mirror ({REAL_MIRROR} not found; set {MIRROR_ENV}): "
-                                   "this run has a synthetic one for in-process tests only")
+    skip = pytest.mark.skip(
+        reason=f"needs the real dataset mirror ({REAL_MIRROR} not found; set {MIRROR_ENV}): "
+        "this run has a synthetic one for in-process tests only"
+    )
     for item in items:
         if item.get_closest_marker("slow") or item.get_closest_marker("real_data"):
             item.add_marker(skip)
@@ -149,7 +151,9 @@ def flower_archive(folder: Path, extra_member: Optional[str] = None) -> Path:
 
 def archive_entry(path: Path, urls: list[str]) -> ImageArchive:
     """The registry entry of the archive at ``path`` (its real hash and size), served from ``urls``."""
-    return ImageArchive(tuple(urls), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size, "flower_photos", "subfolder")
+    return ImageArchive(
+        tuple(urls), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size, "flower_photos", "subfolder"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -177,8 +181,9 @@ def subprocess_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
-def run_stage(stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600,
-              own_process: bool = False) -> subprocess.CompletedProcess:
+def run_stage(
+    stage: str, *overrides: str, cwd: Path, check: bool = True, timeout: float = 600, own_process: bool = False
+) -> subprocess.CompletedProcess:
     """Run ``src/<stage>.py`` as a user would, in the project folder ``cwd`` (its MLflow store:
     ``cwd/mlflow.db``): in this process (its TensorFlow already imported, which costs a new
     process 5-8 s), or with ``own_process`` in a new one, where the process is the point
@@ -204,7 +209,6 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
     from contextlib import redirect_stderr, redirect_stdout
 
     from hydra.core.global_hydra import GlobalHydra
-
     from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as mlflow_tracking
 
@@ -226,7 +230,9 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
     # (colorama), after absl's handler took the unwrapped one.
     console = {_console_key(sys.stdout): out, _console_key(sys.stderr): err}
     handlers = [ref() for ref in logging._handlerList]
-    redirected = [(handler, handler.stream) for handler in handlers if _console_key(vars(handler).get("stream")) in console]
+    redirected = [
+        (handler, handler.stream) for handler in handlers if _console_key(vars(handler).get("stream")) in console
+    ]
     for handler, stream in redirected:
         handler.stream = console[_console_key(stream)]
     returncode = 0
@@ -304,18 +310,29 @@ def sh(*args: str, cwd: Path, timeout: float = 900, env: Optional[dict] = None) 
     return result.stdout + result.stderr
 
 
-def run_dvc_queue(project: Path, workers: int = 2, env: Optional[dict] = None, timeout: float = 900,
-                  server_log: Optional[Path] = None) -> str:
+def run_dvc_queue(
+    project: Path, workers: int = 2, env: Optional[dict] = None, timeout: float = 900, server_log: Optional[Path] = None
+) -> str:
     """Start ``workers`` DVC queue workers in ``project`` and wait until the queue is done; its
     status. If it is not done in ``timeout`` s: an AssertionError with the status, each task's
     log (and the tail of ``server_log``)."""
     # Detached from our pipes: the workers inherit them and `dvc queue start` would wait for them.
-    subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=project, env=env or venv_env(), check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", str(workers)],
+        cwd=project,
+        env=env or venv_env(),
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     deadline = time.monotonic() + timeout
     while "Queued" in (status := sh("dvc", "queue", "status", cwd=project, env=env)) or "Running" in status:
         if time.monotonic() > deadline:
-            tasks = [line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+            tasks = [
+                line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")
+            ]
             logs = [sh("dvc", "queue", "logs", task, cwd=project, env=env)[-3000:] for task in tasks]
             if server_log is not None and server_log.is_file():
                 logs.append(server_log.read_text(errors="replace")[-3000:])
@@ -389,7 +406,9 @@ def mount_tmpfs(tmp_path):
         """Mount at ``point`` (a name: a new folder in ``tmp_path``)."""
         point = tmp_path / point
         point.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
         mounted.append(point)

@@ -58,7 +58,9 @@ def _write_flowers(folder: Path, seed: int) -> None:
     for number, kind in enumerate(FLOWER_CLASSES):
         for index in range(FLOWERS_PER_CLASS):
             pixels = rng.integers(0, 256, (48, 40, 3)).astype(np.uint8)
-            pixels[..., number % 3] = np.maximum(pixels[..., number % 3], 60 * (number // 3) + 140)  # each class its colour
+            pixels[..., number % 3] = np.maximum(
+                pixels[..., number % 3], 60 * (number // 3) + 140
+            )  # each class its colour
             Image.fromarray(pixels).save(folder / f"{kind}_{index:03d}.jpg", quality=90)
 
 

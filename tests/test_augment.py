@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import TINY, compose_config
+
 from dcgan.augment import augment
 from dcgan.config import AUGMENTATIONS
 from dcgan.errors import UserError
@@ -41,8 +41,12 @@ def test_translation_shifts_each_image_by_at_most_an_eighth_filling_zeros():
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))  # 28 / 8 = 3.5, rounded: up to 4 px
     shifts = set()
     for image, shifted in zip(padded, out):
-        matches = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
-                   if np.array_equal(shifted, image[4 - dy : 32 - dy, 4 - dx : 32 - dx])]
+        matches = [
+            (dy, dx)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            if np.array_equal(shifted, image[4 - dy : 32 - dy, 4 - dx : 32 - dx])
+        ]
         assert len(matches) == 1
         shifts.add(matches[0])
     assert len(shifts) > 1  # each image its own shift
@@ -77,7 +81,9 @@ def test_the_same_seed_gives_the_same_augmentation_and_another_seed_another():
 
 
 def test_d_sees_both_halves_augmented_and_g_learns_through_the_augmentation():
-    config = compose_config([*TINY, "model=dcgan_mnist", "train.precision=fp32", "train.augment=[color,translation,cutout]"])
+    config = compose_config(
+        [*TINY, "model=dcgan_mnist", "train.precision=fp32", "train.augment=[color,translation,cutout]"]
+    )
     gan = build_gan(config, {"image_shape": [28, 28, 1], "normalization": {"range": [-1.0, 1.0]}}, total_steps=10)
     plain = GAN(gan.generator, gan.discriminator, config.model.latent_dim, seed=0)
     real = tf.constant(_images((4, 28, 28, 1)))
@@ -90,14 +96,20 @@ def test_d_sees_both_halves_augmented_and_g_learns_through_the_augmentation():
     assert not np.allclose(real_out, plain_real) and not np.allclose(fake_out, plain_fake)
     grads = tape.gradient(loss, gan.generator.trainable_weights)
     assert all(grad is not None and np.abs(grad.numpy()).sum() > 0 for grad in grads)
-    history = gan.fit(tf.data.Dataset.from_tensor_slices(_images((8, 28, 28, 1))).batch(4), epochs=1, shuffle=False, verbose=0)  # traced
+    history = gan.fit(
+        tf.data.Dataset.from_tensor_slices(_images((8, 28, 28, 1))).batch(4), epochs=1, shuffle=False, verbose=0
+    )  # traced
     assert np.isfinite(history.history["d_loss"]).all()
 
 
 def test_an_unknown_or_repeated_augmentation_is_a_config_error():
-    with pytest.raises(UserError, match="train.augment: unknown augmentation 'blur': choose from color, translation, cutout"):
+    with pytest.raises(
+        UserError, match="train.augment: unknown augmentation 'blur': choose from color, translation, cutout"
+    ):
         compose_config([*TINY, "train.augment=[color,blur]"])
     with pytest.raises(UserError, match="train.augment: lists an augmentation twice"):
         compose_config([*TINY, "train.augment=[cutout,cutout]"])
-    with pytest.raises(UserError, match=r"^config key train.augment: must be a list such as \[a,b\] \(or \[\] for none\), got 'color'$"):
+    with pytest.raises(
+        UserError, match=r"^config key train.augment: must be a list such as \[a,b\] \(or \[\] for none\), got 'color'$"
+    ):
         compose_config([*TINY, "train.augment=color"])

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -14,10 +13,22 @@ pytestmark = pytest.mark.slow
 
 def run_benchmark(tmp_path, script: str, *args: str) -> str:
     """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout."""
-    overrides = [f"paths.prepared_dir={tmp_path}/prepared", f"paths.classifier_dir={tmp_path}/classifier",
-                 "data.limit=1024", "metrics.classifier.epochs=1", "metrics.classifier.min_steps=0", "metrics.train_samples=100", "metrics.kid_subset_size=50"]
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *overrides],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    overrides = [
+        f"paths.prepared_dir={tmp_path}/prepared",
+        f"paths.classifier_dir={tmp_path}/classifier",
+        "data.limit=1024",
+        "metrics.classifier.epochs=1",
+        "metrics.classifier.min_steps=0",
+        "metrics.train_samples=100",
+        "metrics.kid_subset_size=50",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args, *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -30,10 +41,19 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     assert re.search(r"same loop with the product's fused batch norm +[\d.]+ img/s .* ratio to \(a\) [\d.]+", out)
     assert re.search(r"\(b\) product path, fp32 +[\d.]+ img/s .* ratio b/a [\d.]+", out)
     assert re.search(r"train.precision=auto: (fp32|mixed_bfloat16) \(auto, (measured|cache): ", out)
-    assert re.search(r"achieved \d+ GFLOP/s = [\d.]+ of the faster \((float32|bfloat16)\) matmul peak; auto chose ", out)
+    assert re.search(
+        r"achieved \d+ GFLOP/s = [\d.]+ of the faster \((float32|bfloat16)\) matmul peak; auto chose ", out
+    )
     assert "of a step waiting for input" in out
-    assert re.search(r"per-round overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores every 1 round\(s\) as configured = [\d.]+% of a \d+-step round", out)
-    assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d precision=(fp32|mixed_bfloat16)", out.strip().splitlines()[-1])
+    assert re.search(
+        r"per-round overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores "
+        r"every 1 round\(s\) as configured = [\d.]+% of a \d+-step round",
+        out,
+    )
+    assert re.fullmatch(
+        r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d precision=(fp32|mixed_bfloat16)",
+        out.strip().splitlines()[-1],
+    )
 
 
 def test_precision_comparison_trains_both_and_prints_them_side_by_side(tmp_path):
@@ -58,23 +78,34 @@ def test_floor_scores_real_noise_and_one_class(tmp_path):
 
 
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
-    out = run_benchmark(tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "debug=tiny", "train.epochs=3")
+    out = run_benchmark(
+        tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "debug=tiny", "train.epochs=3"
+    )
     assert re.search(r"default round 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
     assert "default round 2" not in out  # stopped once the target was reached
     assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)
-    assert re.fullmatch(r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ precision=(fp32|mixed_bfloat16)",
-                        out.strip().splitlines()[-1])
+    assert re.fullmatch(
+        r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ "
+        r"precision=(fp32|mixed_bfloat16)",
+        out.strip().splitlines()[-1],
+    )
 
 
 def test_sweep_benchmark_times_the_three_launchers(tmp_path):
     out = run_benchmark(tmp_path, "sweeps.py", "launchers", "--jobs", "2")
     assert re.search(r"basic launcher, 2 jobs one after another: [\d.]+ s", out)
     assert re.search(r"ray launcher, 2-node loopback cluster: +[\d.]+ s", out)
-    assert re.fullmatch(r"basic_s=[\d.]+ parallel_s=[\d.]+ ray_s=[\d.]+ speedup=[\d.]+ ray_speedup=[\d.]+", out.strip().splitlines()[-1])
+    assert re.fullmatch(
+        r"basic_s=[\d.]+ parallel_s=[\d.]+ ray_s=[\d.]+ speedup=[\d.]+ ray_speedup=[\d.]+", out.strip().splitlines()[-1]
+    )
 
 
 def test_search_benchmark_runs_with_and_without_pruning(tmp_path):
-    out = run_benchmark(tmp_path, "sweeps.py", "search", "--trials", "1", "train.epochs=1")  # the printout, not a search
+    out = run_benchmark(
+        tmp_path, "sweeps.py", "search", "--trials", "1", "train.epochs=1"
+    )  # the printout, not a search
     assert re.search(r"^pruned +[\d.]+ min  trials: .*best FID [\d.]+$", out, re.MULTILINE)
-    assert re.fullmatch(r"pruned_minutes=[\d.]+ unpruned_minutes=[\d.]+ pruned_best_fid=[\d.]+ unpruned_best_fid=[\d.]+",
-                        out.strip().splitlines()[-1])
+    assert re.fullmatch(
+        r"pruned_minutes=[\d.]+ unpruned_minutes=[\d.]+ pruned_best_fid=[\d.]+ unpruned_best_fid=[\d.]+",
+        out.strip().splitlines()[-1],
+    )

@@ -8,8 +8,18 @@ import sys
 import mlflow
 import numpy as np
 import pytest
+from conftest import (
+    DEFAULT_ADAM,
+    REPO,
+    TINY,
+    as_project,
+    last_line_error,
+    mlflow_client,
+    run_stage,
+    subprocess_env,
+    sweep_runs,
+)
 
-from conftest import DEFAULT_ADAM, REPO, TINY, as_project, last_line_error, mlflow_client, run_stage, subprocess_env, sweep_runs
 from dcgan.quality import QUALITY_KEYS
 
 pytestmark = pytest.mark.slow
@@ -33,10 +43,23 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     run_stage("evaluate", *TINY, "train.epochs=2", cwd=tmp_path)
     figures = tmp_path / "reports/figures"
     assert sorted(p.name for p in figures.iterdir()) == [
-        "interpolation.gif", "least_confident.png", "most_confident.png", "progress.gif", "samples.png"
+        "interpolation.gif",
+        "least_confident.png",
+        "most_confident.png",
+        "progress.gif",
+        "samples.png",
     ]
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert set(metrics) == {"d_real", "d_fake", "d_accuracy", "diversity_ratio", "num_samples", *QUALITY_KEYS, "classifier_accuracy", "best"}
+    assert set(metrics) == {
+        "d_real",
+        "d_fake",
+        "d_accuracy",
+        "diversity_ratio",
+        "num_samples",
+        *QUALITY_KEYS,
+        "classifier_accuracy",
+        "best",
+    }
     best_epoch = json.loads((tmp_path / "models/checkpoints/state.json").read_text())["best"]["epoch"]
     assert metrics["best"]["epoch"] == best_epoch and set(metrics["best"]) == {"epoch", *QUALITY_KEYS}
     assert metrics["num_samples"] == 200 and 0.0 <= metrics["d_accuracy"] <= 1.0
@@ -66,10 +89,17 @@ def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"samples", "evaluation", "model_summary.txt", "data", "config.yaml"} <= artifacts
     diagrams = {a.path for a in client.list_artifacts(run_id, "architecture")}
-    assert diagrams == ({"architecture/generator.png", "architecture/discriminator.png"} if shutil.which("dot") else set())
-    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {"samples/epoch_0001.png", "samples/epoch_0002.png"}
+    assert diagrams == (
+        {"architecture/generator.png", "architecture/discriminator.png"} if shutil.which("dot") else set()
+    )
+    assert {a.path for a in client.list_artifacts(run_id, "samples")} == {
+        "samples/epoch_0001.png",
+        "samples/epoch_0002.png",
+    }
     assert "evaluation/samples.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    images = [a.path for a in client.list_artifacts(run_id, "images")]  # mlflow.log_image by step, for the UI's image view
+    images = [
+        a.path for a in client.list_artifacts(run_id, "images")
+    ]  # mlflow.log_image by step, for the UI's image view
     assert len([path for path in images if path.startswith("images/samples") and path.endswith(".png")]) == 2
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -94,9 +124,19 @@ def test_training_by_iterations_with_an_interval(tmp_path):
     run_stage("train", *TINY, "data.limit=128", "train.iterations=6", "train.interval=3", cwd=tmp_path)
     rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
     assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: rounds cross passes
-    bad = last_line_error(run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False))
+    bad = last_line_error(
+        run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False)
+    )
     assert bad == "error: config key train.interval: 3 steps do not divide the 7 steps of train.iterations"
-    run_stage("train", *TINY, "data.limit=128", "train.epochs=4", "train.interval_epochs=2", "train.resume=never", cwd=tmp_path)
+    run_stage(
+        "train",
+        *TINY,
+        "data.limit=128",
+        "train.epochs=4",
+        "train.interval_epochs=2",
+        "train.resume=never",
+        cwd=tmp_path,
+    )
     rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
     assert rows == [["1", "4"], ["2", "8"]]  # a checkpoint and grid every 2 passes of 2 steps
 
@@ -106,13 +146,21 @@ def test_user_errors_are_one_line(tmp_path):
     assert untrained == "error: models/run.json: not found; run the train stage first (dvc repro train)"
 
     run_stage("prepare", *TINY, "data.limit=100", cwd=tmp_path)
-    too_big = last_line_error(run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False))
+    too_big = last_line_error(
+        run_stage("train", *TINY, "data.limit=100", "train.batch_size=128", cwd=tmp_path, check=False)
+    )
     assert too_big.startswith("error: config key train.batch_size: 128 exceeds the 100 training images")
 
     unknown = last_line_error(run_stage("train", *TINY, "optimizer=adamw", cwd=tmp_path, check=False))
-    assert unknown == "error: In 'config': Could not find 'optimizer/adamw'; Available options in 'optimizer': adam; rmsprop"
+    assert (
+        unknown
+        == "error: In 'config': Could not find 'optimizer/adamw'; Available options in 'optimizer': adam; rmsprop"
+    )
     typo = last_line_error(run_stage("train", *TINY, "train.epoch=3", cwd=tmp_path, check=False))
-    assert typo == "error: Could not override 'train.epoch'.; To append to your config use +train.epoch=3; Key 'epoch' is not in struct"
+    assert (
+        typo == "error: Could not override 'train.epoch'.; To append to your config use +train.epoch=3; Key 'epoch' "
+        "is not in struct"
+    )
 
     # A preset is `experiment=NAME`; `+experiment=NAME` (how presets were chosen before) still works.
     # Its model is dcgan, whose schema has max_filters and checks it (dcgan_mnist has no such key).
@@ -122,13 +170,21 @@ def test_user_errors_are_one_line(tmp_path):
 
     server = last_line_error(run_stage("train", *TINY, "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, check=False))
     assert server.startswith("error: MLflow tracking store http://127.0.0.1:9 is unreachable")
-    assert not [p for p in (tmp_path / "models").rglob("*") if p.is_file()]  # failed before any classifier or training work
+    assert not [
+        p for p in (tmp_path / "models").rglob("*") if p.is_file()
+    ]  # failed before any classifier or training work
 
 
 def test_entry_points_work_in_the_project_folder_from_any_folder_inside_it_and_refuse_outside(tmp_path):
     def started_in(folder, stage, *overrides):
-        return subprocess.run([sys.executable, str(REPO / f"src/{stage}.py"), *overrides], cwd=folder, env=subprocess_env(),
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(REPO / f"src/{stage}.py"), *overrides],
+            cwd=folder,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     project = tmp_path / "project"
     inside = project / "src"
@@ -141,7 +197,8 @@ def test_entry_points_work_in_the_project_folder_from_any_folder_inside_it_and_r
     stray.mkdir()
     assert last_line_error(started_in(stray, "train", *TINY)) == (
         f"error: {stray}: not inside a project (no dvc.yaml here or in a parent folder); cd {REPO}, "
-        "or make this folder one by copying dvc.yaml into it")
+        "or make this folder one by copying dvc.yaml into it"
+    )
     assert not list(stray.iterdir())
 
 
@@ -154,26 +211,42 @@ def test_sweep_over_datasets_and_optimizers(tmp_path):
     assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "4"
     assert parent.data.params["data"] == "mnist32,flowers64" and parent.data.params["optimizer"] == "adam,rmsprop"
     best = min(runs, key=lambda run: run.data.metrics["best_fid"])
-    assert parent.data.metrics["best_fid"] == best.data.metrics["best_fid"] and parent.data.tags["best_run_id"] == best.info.run_id
+    assert (
+        parent.data.metrics["best_fid"] == best.data.metrics["best_fid"]
+        and parent.data.tags["best_run_id"] == best.info.run_id
+    )
     assert parent.data.tags["best_overrides"] == best.data.tags["overrides"]
     combos = sorted((r.data.params["data.name"], r.data.params["optimizer.name"]) for r in runs)
     assert combos == [("flowers64", "adam"), ("flowers64", "rmsprop"), ("mnist32", "adam"), ("mnist32", "rmsprop")]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["sweep_dir"] for r in runs}) == 1
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
-    assert "flowers64 dcgan rmsprop: debug=tiny data.limit=128 model=dcgan data=flowers64 optimizer=rmsprop" in {r.info.run_name for r in runs}
+    assert "flowers64 dcgan rmsprop: debug=tiny data.limit=128 model=dcgan data=flowers64 optimizer=rmsprop" in {
+        r.info.run_name for r in runs
+    }
     # Each job trained from scratch into its own folder; the datasets were prepared once each.
     assert len(list((tmp_path / "multirun").glob("*/*/*/models/generator.keras"))) == 4
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["classifier"]  # shared by the jobs
-    for folder in ("models/classifier", "data/prepared"):  # the lock files the jobs took turns by are gone with the last holder
+    for folder in (
+        "models/classifier",
+        "data/prepared",
+    ):  # the lock files the jobs took turns by are gone with the last holder
         assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["flowers64", "mnist32"]
 
 
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     """The multi-device path GPUs use, run on the CPU split into two logical devices."""
     run_stage("prepare", *TINY, "data.limit=256", cwd=tmp_path)
-    result = run_stage("train", *TINY, "data.limit=256", "train.strategy=mirrored", "train.cpu_devices=2",
-                        "train.ema_decay=0.99", own_process=True, cwd=tmp_path)
+    result = run_stage(
+        "train",
+        *TINY,
+        "data.limit=256",
+        "train.strategy=mirrored",
+        "train.cpu_devices=2",
+        "train.ema_decay=0.99",
+        own_process=True,
+        cwd=tmp_path,
+    )
     assert "Using MirroredStrategy with devices" in result.stdout + result.stderr
     row = json.loads((tmp_path / "reports/train_metrics.json").read_text())
     # Per-sample mean losses (Keras' 1/replicas loss scaling undone for logging), D(x) in (0, 1).

@@ -6,18 +6,21 @@ import typing
 
 import pytest
 import yaml
+from conftest import DEFAULT_ADAM, REPO, compose_config
 from omegaconf import MISSING, OmegaConf
 
-from conftest import DEFAULT_ADAM, REPO, compose_config
 from dcgan.config import MODEL_SETTINGS, OPTIMIZER_SETTINGS, Config, flatten, run_identity, to_dict, validate
-from dcgan.models import ARCHITECTURES
 from dcgan.errors import UserError
+from dcgan.models import ARCHITECTURES
 
 
 def test_default_config_composes_and_validates():
     config = compose_config()
     assert config.data.name == "mnist" and config.model.name == "dcgan_mnist"
-    assert config.optimizer.name == "adam" and config.optimizer.generator.learning_rate == DEFAULT_ADAM["generator"]["learning_rate"]
+    assert (
+        config.optimizer.name == "adam"
+        and config.optimizer.generator.learning_rate == DEFAULT_ADAM["generator"]["learning_rate"]
+    )
     assert config.train.batch_size == 32 and config.train.ema_decay == 0.999 and config.train.lr_decay == 0.5
     assert config.model.leaky_slope == 0.1 and config.train.r1_gamma == 0.1 and config.train.r1_interval == 16
 
@@ -37,17 +40,29 @@ def test_photo_recipes_are_presets_over_data_only_options_and_the_command_line_s
     assert recipe.train.epochs == 200 and recipe.metrics.every == 10 and recipe.train.augment == []
     assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
     large = compose_config(["experiment=flowers128"])
-    assert (large.data.name, large.data.image_size, large.model.name, large.model.filters) == ("flowers128", 128, "dcgan", 16)
+    assert (large.data.name, large.data.image_size, large.model.name, large.model.filters) == (
+        "flowers128",
+        128,
+        "dcgan",
+        16,
+    )
     assert (large.train.epochs, large.metrics.every, large.train.r1_gamma) == (200, 10, 0.1)
     data_only, default = compose_config(["data=flowers128"]), compose_config()
     assert (data_only.data.name, data_only.data.image_size, data_only.data.channels) == ("flowers128", 128, 3)
     assert (data_only.model, data_only.train) == (default.model, default.train)
-    own = compose_config(["experiment=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"])
+    own = compose_config(
+        ["experiment=flowers64", "data.path=/photos", "model=dcgan_rgb128", "train.epochs=3", "metrics.every=1"]
+    )
     assert (own.data.path, own.model.name, own.train.epochs, own.metrics.every) == ("/photos", "dcgan_rgb128", 3, 1)
     wide = compose_config(["experiment=flowers128", "model=dcgan"])
     assert (wide.data.name, wide.model.filters) == ("flowers128", 64)
     preset = compose_config(["experiment=faces128_rmsprop"])
-    assert (preset.data.name, preset.model.name, preset.train.iterations, preset.metrics.every) == ("flowers128", "dcgan_rgb128", 15000, 2)
+    assert (preset.data.name, preset.model.name, preset.train.iterations, preset.metrics.every) == (
+        "flowers128",
+        "dcgan_rgb128",
+        15000,
+        2,
+    )
     assert (preset.train.ema_decay, preset.train.r1_gamma, preset.train.batch_size) == (0.0, 0.0, 16)
 
 
@@ -69,11 +84,23 @@ def test_params_yaml_is_the_composed_conf():
     [
         # "+": Hydra itself refuses unknown keys without it; a typo in params.yaml gets here as is.
         ("+train.epochz=3", "config key train.epochz: Key 'epochz' not in 'TrainConfig'"),
-        ("optimizer.generator.learning_rate=-0.1", "config key optimizer.generator.learning_rate: must be positive, got -0.1"),
-        ("optimizer.discriminator.learning_rate=0", "config key optimizer.discriminator.learning_rate: must be positive"),
-        ("+optimizer.generator.betta_1=0.5", "config key optimizer.generator.betta_1: Key 'betta_1' not in 'AdamSettings'"),
+        (
+            "optimizer.generator.learning_rate=-0.1",
+            "config key optimizer.generator.learning_rate: must be positive, got -0.1",
+        ),
+        (
+            "optimizer.discriminator.learning_rate=0",
+            "config key optimizer.discriminator.learning_rate: must be positive",
+        ),
+        (
+            "+optimizer.generator.betta_1=0.5",
+            "config key optimizer.generator.betta_1: Key 'betta_1' not in 'AdamSettings'",
+        ),
         ("train.batch_size=0", "config key train.batch_size: must be at least 1, got 0"),
-        ("train.batch_size=big", "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
+        (
+            "train.batch_size=big",
+            "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer",
+        ),
         ("train.resume=maybe", "config key train.resume: must be auto, always or never"),
         ("train.lr_decay=1.5", "config key train.lr_decay: must be in [0, 1], got 1.5"),
         ("train.r1_interval=0", "config key train.r1_interval: must be at least 1, got 0"),
@@ -84,15 +111,24 @@ def test_params_yaml_is_the_composed_conf():
         ("+model.dropout=0.3 model=dcgan", "config key model.dropout: Key 'dropout' not in 'RadfordModel'"),
         ("+model.d_blocks=3 model=dcgan_fashion", "config key model.d_blocks: Key 'd_blocks' not in 'DropoutModel'"),
         ("model=dcgan model.max_filters=32", "config key model.max_filters: must be >= model.filters (64), got 32"),
-        ("model.name=resnet", "config key model.name: unknown architecture 'resnet' (choose from dcgan_mnist, dcgan_fashion"),
+        (
+            "model.name=resnet",
+            "config key model.name: unknown architecture 'resnet' (choose from dcgan_mnist, dcgan_fashion",
+        ),
         # What each option of a group sets for itself has no default to fall back on.
-        ("~optimizer.generator.beta_1", "config key optimizer.generator.beta_1: missing: conf/ (or params.yaml) must set it"),
+        (
+            "~optimizer.generator.beta_1",
+            "config key optimizer.generator.beta_1: missing: conf/ (or params.yaml) must set it",
+        ),
         ("~model.d_blocks", "config key model.d_blocks: missing: conf/ (or params.yaml) must set it"),
         ("~data.urls", "config key data.urls: missing: conf/ (or params.yaml) must set it"),
         ("metrics.classifier.max_size=4", "config key metrics.classifier.max_size: must be at least 8, got 4"),
         ("metrics.classifier.min_steps=-1", "config key metrics.classifier.min_steps: must be at least 0, got -1"),
         ("optimizer.name=sgd", "config key optimizer.name: unknown optimizer 'sgd'"),
-        ("evaluate.grid_size=101", "config key evaluate.grid_size: a 101x101 grid needs more than evaluate.num_samples=10000"),
+        (
+            "evaluate.grid_size=101",
+            "config key evaluate.grid_size: a 101x101 grid needs more than evaluate.num_samples=10000",
+        ),
         ("train.sample_seed=-1", "config key train.sample_seed: must be in 0..4294967295 (2**32 - 1), got -1"),
         ("evaluate.seed=4294967296", "config key evaluate.seed: must be in 0..4294967295"),
         ("metrics.classifier.seed=-3", "config key metrics.classifier.seed: must be in 0..4294967295"),
@@ -132,10 +168,16 @@ def _defaults_differing_from(schema: type, composed: dict, prefix: str) -> list[
 
 def test_schema_defaults_are_the_values_conf_composes():
     composed = to_dict(compose_config())
-    differing = [key for section, schema in typing.get_type_hints(Config).items() if section not in ("model", "optimizer")
-                 for key in _defaults_differing_from(schema, composed[section], section)]
+    differing = [
+        key
+        for section, schema in typing.get_type_hints(Config).items()
+        if section not in ("model", "optimizer")
+        for key in _defaults_differing_from(schema, composed[section], section)
+    ]
     for architecture, schema in MODEL_SETTINGS.items():  # conf/model/<architecture>.yaml: the architecture as published
-        differing += _defaults_differing_from(schema, to_dict(compose_config([f"model={architecture}"]))["model"], f"model={architecture}")
+        differing += _defaults_differing_from(
+            schema, to_dict(compose_config([f"model={architecture}"]))["model"], f"model={architecture}"
+        )
     for name, schema in OPTIMIZER_SETTINGS.items():
         optimizer = to_dict(compose_config([f"optimizer={name}"]))["optimizer"]
         for network in ("generator", "discriminator"):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, TINY, Training, last_line_error, mlflow_client, run_stage, subprocess_env, training_run_id
 
 pytestmark = pytest.mark.slow
@@ -57,9 +56,13 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     run.wait_until(lambda: run.rounds_started() >= 1)
     assert run.stop(signal.SIGTERM, 3.0) == 128 + signal.SIGTERM
     message = run.stderr.strip().splitlines()[-1]
-    assert message.startswith("interrupted: SIGTERM received: stopped after step ") and "rerun the same command" in message
+    assert (
+        message.startswith("interrupted: SIGTERM received: stopped after step ") and "rerun the same command" in message
+    )
     stopped = _state(chaos)
-    assert STEPS_PER_ROUND < stopped["step"] < 3 * STEPS_PER_ROUND  # usually mid-round; at a round's end it commits it first
+    assert (
+        STEPS_PER_ROUND < stopped["step"] < 3 * STEPS_PER_ROUND
+    )  # usually mid-round; at a round's end it commits it first
     run_id = training_run_id(chaos)
     assert mlflow_client(chaos).get_run(run_id).info.status == "KILLED"
 
@@ -89,13 +92,19 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
     # A learning rate this large sends the weights to infinity after the first step; a
     # checkpoint after every step shows which one is kept.
     huge = ["optimizer.generator.learning_rate=1e30", "optimizer.discriminator.learning_rate=1e30"]
-    result = run_stage("train", *TINY, "data.limit=256", "train.iterations=8", "train.interval=1", *huge, cwd=tmp_path, check=False)
+    result = run_stage(
+        "train", *TINY, "data.limit=256", "train.iterations=8", "train.interval=1", *huge, cwd=tmp_path, check=False
+    )
     assert last_line_error(result) == (
         "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
-        "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with train.resume=never to start over"
+        "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with "
+        "train.resume=never to start over"
     )
     assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == [
-        "ckpt-000000001.npz", "generator_best-000000001.keras", "state.json"]
+        "ckpt-000000001.npz",
+        "generator_best-000000001.keras",
+        "state.json",
+    ]
     assert mlflow_client(tmp_path).get_run(training_run_id(tmp_path)).info.status == "FAILED"
 
 
@@ -122,14 +131,20 @@ def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
 
     run_stage("train", *TINY, "data.limit=128", "train.resume=never", cwd=tmp_path)
     mismatch = last_line_error(
-        run_stage("train", *TINY, "data.limit=128", "model.latent_dim=64", "train.resume=always", cwd=tmp_path, check=False)
+        run_stage(
+            "train", *TINY, "data.limit=128", "model.latent_dim=64", "train.resume=always", cwd=tmp_path, check=False
+        )
     )
-    assert mismatch == "error: config key model.latent_dim: 64 does not match the checkpoint in models/checkpoints (100)"
+    assert (
+        mismatch == "error: config key model.latent_dim: 64 does not match the checkpoint in models/checkpoints (100)"
+    )
 
 
 def test_read_only_or_full_output_folders_fail_cleanly(tmp_path, mount_tmpfs):
     read_only = mount_tmpfs("read_only", "ro,size=1m")
-    error = last_line_error(run_stage("train", *TINY, f"paths.models_dir={read_only}/models", cwd=tmp_path, check=False))
+    error = last_line_error(
+        run_stage("train", *TINY, f"paths.models_dir={read_only}/models", cwd=tmp_path, check=False)
+    )
     assert error == f"error: {read_only}/models: output folder is not writable (Read-only file system)"
     assert not (tmp_path / "data").exists()  # refused before preparing or training anything
 
@@ -201,9 +216,22 @@ def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consisten
 
     checkpoints = chaos / "models/checkpoints"
     for kill_at in (1, 2, 3, 4):
-        killed = subprocess.run([sys.executable, str(REPO / "tests/killed_before_rename.py"), str(kill_at), str(checkpoints),
-                                 str(REPO / "src/train.py"), *profile, "train.epochs=2"], cwd=chaos, env=subprocess_env(),
-                                capture_output=True, text=True, timeout=600)
+        killed = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tests/killed_before_rename.py"),
+                str(kill_at),
+                str(checkpoints),
+                str(REPO / "src/train.py"),
+                *profile,
+                "train.epochs=2",
+            ],
+            cwd=chaos,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         state = _state(chaos)
         assert (checkpoints / state["checkpoint"]).is_file()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import shlex
 
-import yaml
-
 import pytest
-
+import yaml
 from conftest import REPO, compose_config
-from dcgan.config import flatten, to_dict
+
 from dcgan.cli import as_group_choice
+from dcgan.config import flatten, to_dict
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 STAGE = re.compile(r"python src/(prepare|classifier|train|evaluate)\.py")
@@ -80,7 +79,9 @@ def _value(text: str):
 
 
 def test_the_defaults_table_matches_conf():
-    rows = DEFAULTS_ROW.findall((REPO / "docs/datasets.md").read_text().split("## The default recipe")[1].split("\n## ")[0])
+    rows = DEFAULTS_ROW.findall(
+        (REPO / "docs/datasets.md").read_text().split("## The default recipe")[1].split("\n## ")[0]
+    )
     assert len(rows) >= 15
     defaults = flatten(to_dict(compose_config()))
     assert {key: _value(text) for key, text in rows} == {key: defaults[key] for key, _ in rows}
@@ -93,7 +94,10 @@ def _anchor(heading: str) -> str:
 
 def test_links_between_pages_reach_a_heading():
     anchors = {page.name: {_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)} for page in PAGES}
-    links = [(page.name, target, anchor) for page in PAGES
-             for target, anchor in re.findall(r"\]\((?:docs/)?([\w.]+\.md)?#([\w-]+)\)", page.read_text())]
+    links = [
+        (page.name, target, anchor)
+        for page in PAGES
+        for target, anchor in re.findall(r"\]\((?:docs/)?([\w.]+\.md)?#([\w-]+)\)", page.read_text())
+    ]
     assert len(links) >= 5
     assert [link for link in links if link[2] not in anchors.get(link[1] or link[0], set())] == []

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
-
 from conftest import dvc_project, run_dvc_queue, sh, venv_env
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +55,20 @@ def test_repro_runs_the_pipeline_then_nothing(project):
     metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project))
     workspace = next(iter(metrics.values()))["data"]  # the workspace entry
     evaluated = workspace["reports/metrics.json"]["data"]
-    assert {"fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
-            "smallest_class_share", "classifier_accuracy", "diversity_ratio"} <= set(evaluated)
+    assert {
+        "fid",
+        "kid",
+        "classifier_score",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "modes_covered",
+        "mode_kl",
+        "smallest_class_share",
+        "classifier_accuracy",
+        "diversity_ratio",
+    } <= set(evaluated)
     assert evaluated["best"]["epoch"] == 1 and "fid" in evaluated["best"]
     assert "g_loss" in workspace["reports/train_metrics.json"]["data"]
 
@@ -94,8 +105,14 @@ def test_status_lists_only_the_stages_that_read_a_change(project):
 
 
 PIPELINE_OUTPUTS = (
-    "models/generator.keras", "models/generator_best.keras", "models/discriminator.keras", "models/run.json",
-    "reports/train_history.csv", "reports/train_metrics.json", "reports/samples/epoch_0001.png", "reports/metrics.json",
+    "models/generator.keras",
+    "models/generator_best.keras",
+    "models/discriminator.keras",
+    "models/run.json",
+    "reports/train_history.csv",
+    "reports/train_metrics.json",
+    "reports/samples/epoch_0001.png",
+    "reports/metrics.json",
 )
 
 
@@ -113,8 +130,15 @@ def test_ctrl_c_in_evaluate_under_dvc_keeps_its_previous_outputs(project):
     set_param(project, "evaluate.seed", 8)  # the default is 7
     # Ctrl-C's disposition as in a terminal: a test run started in the background (`make test &`)
     # would hand its children SIGINT ignored, and Python then keeps it ignored.
-    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    repro = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while not list((project / "reports").glob(".figures.*.tmp")):  # the new figures are being drawn
         assert repro.poll() is None and time.monotonic() < deadline
@@ -122,7 +146,10 @@ def test_ctrl_c_in_evaluate_under_dvc_keeps_its_previous_outputs(project):
     os.killpg(repro.pid, signal.SIGINT)
     repro.communicate(timeout=300)
     assert repro.returncode != 0
-    after = {path.name: path.read_bytes() for path in [project / "reports/metrics.json", *sorted((project / "reports/figures").iterdir())]}
+    after = {
+        path.name: path.read_bytes()
+        for path in [project / "reports/metrics.json", *sorted((project / "reports/figures").iterdir())]
+    }
     assert after == before
     sh("git", "checkout", "params.yaml", cwd=project)
 
@@ -237,7 +264,10 @@ def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
     set_param(project, "train.epochs", 1)
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0
-    assert "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for" in result.stderr
+    assert (
+        "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for"
+        in result.stderr
+    )
     set_param(project, "tracking.uri", "http://127.0.0.1:9")
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0 and "error: MLflow tracking store http://127.0.0.1:9 is unreachable" in result.stderr

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY, dvc_project, free_port, needs_package, sh, venv_env
 
 pytestmark = pytest.mark.slow
@@ -34,15 +33,30 @@ class SSHServer:
         for key in ("host_key", "client_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
         shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
-        (folder / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}", f"PidFile {folder / 'sshd.pid'}",
-            f"AuthorizedKeysFile {folder / 'authorized_keys'}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no", "Subsystem sftp internal-sftp", "",
-        ]))
+        (folder / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {folder / 'host_key'}",
+                    f"PidFile {folder / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege-separation folder
         self.log = open(folder / "sshd.log", "w")
-        self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 30
         while True:
             assert self.process.poll() is None, (folder / "sshd.log").read_text()
@@ -135,7 +149,12 @@ def test_an_experiment_travels_between_clones(team):
     assert "seed-5" in sh("dvc", "exp", "list", "--name-only", cwd=carol)
     sh("dvc", "exp", "apply", "seed-5", cwd=carol)
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=project))
-    theirs = next(exp["revs"][0]["data"] for baseline in shown for exp in baseline.get("experiments") or [] if exp.get("name") == "seed-5")
+    theirs = next(
+        exp["revs"][0]["data"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+        if exp.get("name") == "seed-5"
+    )
     assert json.loads((carol / "reports/metrics.json").read_text()) == theirs["metrics"]["reports/metrics.json"]["data"]
     assert (carol / "models/generator.keras").is_file()
     assert "Running stage" not in sh("dvc", "repro", cwd=carol)
@@ -150,7 +169,9 @@ def test_a_push_killed_half_way_and_retried_leaves_the_remote_consistent(team):
         (bulk / f"part-{n:02d}.bin").write_bytes(rng.bytes(8 << 20))
     sh("dvc", "add", "bulk", cwd=project)
     before = remote_is_consistent(remote)
-    push = subprocess.Popen(["dvc", "push"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    push = subprocess.Popen(
+        ["dvc", "push"], cwd=project, env=venv_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while len(remote_objects(remote)) < before + 4 and push.poll() is None:
         time.sleep(0.01)
     push.send_signal(signal.SIGKILL)

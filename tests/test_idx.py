@@ -2,9 +2,9 @@ import gzip
 
 import numpy as np
 import pytest
-
 from conftest import MIRROR
 from synthetic_mirror import idx_bytes
+
 from dcgan.data import idx, sources
 from dcgan.errors import UserError
 

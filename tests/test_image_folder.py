@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MIRROR, compose_config
 from PIL import Image
 
-from conftest import MIRROR, compose_config
 from dcgan.data import image_folder
 from dcgan.data.pipeline import load_images
+from dcgan.data.prepare import prepare
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import UserError
-from dcgan.data.prepare import prepare
 
 FLOWERS = MIRROR / "flowers_ccby" / "images"
 
@@ -45,13 +45,22 @@ def messy_folder(tmp_path) -> Path:
 
 def folder_config(tmp_path, folder, *overrides):
     return compose_config(
-        ["data=flowers64", f"data.path={folder}", "data.name=photos", "data.image_size=32", "data.shards=2", *overrides],
+        [
+            "data=flowers64",
+            f"data.path={folder}",
+            "data.name=photos",
+            "data.image_size=32",
+            "data.shards=2",
+            *overrides,
+        ],
         tmp_path,
     )
 
 
 def test_skips_and_reports_bad_files_and_converts_the_rest(tmp_path, messy_folder):
-    config = folder_config(tmp_path, messy_folder, "data.labels=subfolder", "data.max_skipped_fraction=0.2", "data.test_fraction=0.2")
+    config = folder_config(
+        tmp_path, messy_folder, "data.labels=subfolder", "data.max_skipped_fraction=0.2", "data.test_fraction=0.2"
+    )
     manifest = prepare(config)
     skipped = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
     assert set(skipped) == {"daisy/truncated.jpg", "daisy/notes.jpg", "daisy/tiny.png"}
@@ -87,7 +96,9 @@ def test_center_crop_keeps_the_middle(tmp_path):
 
 def test_too_many_bad_files_is_an_error_and_writes_nothing(tmp_path, messy_folder):
     config = folder_config(tmp_path, messy_folder, "data.labels=subfolder", "data.max_skipped_fraction=0.05")
-    with pytest.raises(UserError, match=r"photos: 3 of 26 image files could not be used .*data.max_skipped_fraction is 0.05"):
+    with pytest.raises(
+        UserError, match=r"photos: 3 of 26 image files could not be used .*data.max_skipped_fraction is 0.05"
+    ):
         prepare(config)
     assert not (tmp_path / "data/prepared/photos").exists()
     assert not list((tmp_path / "data/prepared").iterdir())  # no data, no temp folder, no lock file
@@ -102,7 +113,11 @@ def test_all_files_unreadable(tmp_path):
     with pytest.raises(UserError, match="all 20 image files could not be used"):
         prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1"))
     with pytest.raises(UserError, match="all 20 image files could not be used"):
-        prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1", "data.max_skipped_fraction=1.0"))
+        prepare(
+            folder_config(
+                tmp_path, folder, "data.labels=none", "data.test_fraction=0.1", "data.max_skipped_fraction=1.0"
+            )
+        )
 
 
 def test_missing_and_empty_folders(tmp_path):
@@ -132,5 +147,7 @@ def test_split_is_stable_per_file():
 
 def test_mirror_path_needs_a_mirror(monkeypatch):
     monkeypatch.delenv("DCGAN_DATA_MIRROR")
-    with pytest.raises(UserError, match="config key data.path: 'mirror:flowers_ccby/images' is inside the dataset mirror"):
+    with pytest.raises(
+        UserError, match="config key data.path: 'mirror:flowers_ccby/images' is inside the dataset mirror"
+    ):
         compose_config(["data=flowers64"]).data.folder()

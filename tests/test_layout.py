@@ -58,7 +58,10 @@ def project_files_imported_by(entry: Path) -> set[Path]:
     return seen
 
 
-NOT_DEPS = {"train": {"viz.py"}, "classifier": {"dcgan.py", "dcgan_fashion.py", "dcgan_mnist.py", "dcgan_rgb128.py", "layers.py"}}
+NOT_DEPS = {
+    "train": {"viz.py"},
+    "classifier": {"dcgan.py", "dcgan_fashion.py", "dcgan_mnist.py", "dcgan_rgb128.py", "layers.py"},
+}
 
 
 def test_each_stage_depends_on_the_code_it_runs_and_not_on_the_rest():
@@ -72,8 +75,12 @@ def test_each_stage_depends_on_the_code_it_runs_and_not_on_the_rest():
         deps = [REPO / dep for dep in stage["deps"] if not dep.startswith("$")]
         covered = lambda file: any(file == dep or dep in file.parents for dep in deps)  # noqa: E731
         needed = project_files_imported_by(REPO / "src" / f"{name}.py")
-        missing = sorted(str(f.relative_to(REPO)) for f in needed if not covered(f) and f.name not in NOT_DEPS.get(name, ()))
+        missing = sorted(
+            str(f.relative_to(REPO)) for f in needed if not covered(f) and f.name not in NOT_DEPS.get(name, ())
+        )
         assert missing == [], f"{name}: {missing}"
-        unused = sorted(str(d.relative_to(REPO)) for d in deps if d.suffix == ".py" and d not in needed and d.name != f"{name}.py")
+        unused = sorted(
+            str(d.relative_to(REPO)) for d in deps if d.suffix == ".py" and d not in needed and d.name != f"{name}.py"
+        )
         assert unused == [], f"{name}: {unused}"
         assert REPO / "src/dcgan" not in deps, f"{name} depends on the whole package"

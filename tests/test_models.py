@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import TINY, compose_config
+
 from dcgan import models
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.pipeline import training_dataset
@@ -40,7 +40,10 @@ def test_tutorial_architecture_matches_published_counts():
 
 
 def test_image_size_the_model_cannot_make():
-    with pytest.raises(UserError, match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the data is \(32, 32, 1\)"):
+    with pytest.raises(
+        UserError,
+        match=r"config key data.image_size: model dcgan_mnist makes 28x28x1 images only, but the data is \(32, 32, 1\)",
+    ):
         models.build(tutorial_model(), (32, 32, 1), [-1.0, 1.0])
 
 
@@ -82,10 +85,15 @@ def test_discriminator_sees_real_and_fake_jointly_only_where_the_model_says(tiny
     config = compose_config([f"model={model}"])
     generator, discriminator = models.build(config.model, (28, 28, 1) if model != "dcgan" else (32, 32, 1), [-1.0, 1.0])
     seen = []
-    recording = keras.Sequential([keras.layers.Lambda(lambda images: (seen.append(images.shape[0]), images)[1]), discriminator])
+    recording = keras.Sequential(
+        [keras.layers.Lambda(lambda images: (seen.append(images.shape[0]), images)[1]), discriminator]
+    )
     gan = GAN(generator, recording, config.model.latent_dim, seed=0, joint_batch=config.model.d_joint_batch)
-    gan.compile(make_optimizer(config.optimizer, "discriminator"), make_optimizer(config.optimizer, "generator"),
-                keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"))
+    gan.compile(
+        make_optimizer(config.optimizer, "discriminator"),
+        make_optimizer(config.optimizer, "generator"),
+        keras.losses.BinaryCrossentropy(from_logits=config.model.d_output == "logits"),
+    )
     images = np.zeros((32, *generator.output_shape[1:]), np.float32)
     recording(images[:1])
     seen.clear()  # building the Lambda (a symbolic call) and the first call recorded too
@@ -125,8 +133,11 @@ def test_r1_penalty_gradients_match_the_closed_form_of_a_linear_discriminator(ti
     generator, _ = models.build(config.model, (28, 28, 1), [-1.0, 1.0])
     linear = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
     gan = GAN(generator, linear, config.model.latent_dim, seed=0, r1_gamma=0.5, r1_interval=4)
-    gan.compile(make_optimizer(config.optimizer, "discriminator"), make_optimizer(config.optimizer, "generator"),
-                keras.losses.BinaryCrossentropy(from_logits=True))
+    gan.compile(
+        make_optimizer(config.optimizer, "discriminator"),
+        make_optimizer(config.optimizer, "generator"),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     images = tf.constant(np.random.default_rng(0).uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32))
     kernel_grad, bias_grad = gan._r1_gradients(images)
     np.testing.assert_allclose(np.asarray(kernel_grad), 0.5 * 4 * linear.layers[-1].kernel.numpy(), rtol=1e-5)
@@ -189,7 +200,10 @@ def test_saved_networks_need_only_keras(tiny_prepared, tmp_path):
     assert any(isinstance(layer, FusedBatchNormalization) for layer in gan.generator.layers)
     assert any(isinstance(layer, FastDropout) for layer in gan.discriminator.layers)
     noise = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
-    for network, trained, inputs in ((gan.sampler, gan.generator, noise), (standard_copy(gan.discriminator), gan.discriminator, gan.generator(noise))):
+    for network, trained, inputs in (
+        (gan.sampler, gan.generator, noise),
+        (standard_copy(gan.discriminator), gan.discriminator, gan.generator(noise)),
+    ):
         path = tmp_path / f"{trained.name}.keras"
         network.save(path)
         with zipfile.ZipFile(path) as archive:
@@ -261,10 +275,10 @@ def test_every_architecture_builds_and_trains_a_step(name, shape):
     if model.d_output == "sigmoid":
         assert 0.0 <= scores.min() and scores.max() <= 1.0
 
+    import keras
+
     from dcgan.gan import GAN
     from dcgan.stages.train import make_optimizer
-
-    import keras
 
     gan = GAN(generator, discriminator, model.latent_dim, seed=0, label_noise=config.train.label_noise or 0.1)
     gan.compile(
@@ -288,7 +302,9 @@ def test_dcgan_follows_the_paper_layout():
 
 
 def test_rmsprop_decay_matches_keras2():
-    config = compose_config(["optimizer=rmsprop", "optimizer.generator.decay=0.01", "optimizer.generator.clipvalue=1.0"])
+    config = compose_config(
+        ["optimizer=rmsprop", "optimizer.generator.decay=0.01", "optimizer.generator.clipvalue=1.0"]
+    )
     optimizer = make_optimizer(config.optimizer, "generator")
     assert optimizer.clipvalue == 1.0
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
@@ -350,4 +366,6 @@ def test_non_finite_gradients_skip_the_update_and_are_counted(scaling):
     # float16's loss scale halves per skip; bfloat16 needs none and keeps 1.
     assert float(optimizer.dynamic_scale.numpy()) == (scale / 4 if scaling else 1.0)
     optimizer.apply([tf.constant([1.0, 1.0, 1.0]) * optimizer.dynamic_scale], [weight])
-    assert weight.numpy() == pytest.approx(np.full(3, 0.9), abs=1e-5) and int(optimizer.iterations.numpy()) == 1  # Adam: lr * sign
+    assert (
+        weight.numpy() == pytest.approx(np.full(3, 0.9), abs=1e-5) and int(optimizer.iterations.numpy()) == 1
+    )  # Adam: lr * sign

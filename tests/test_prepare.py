@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import MIRROR, TINY, archive_entry, compose_config, flower_archive, http_server
+
 from dcgan.data import idx, sources, tfrecords
 from dcgan.data.pipeline import load_images, training_dataset
+from dcgan.data.prepare import prepare
 from dcgan.devices import set_global_seed
 from dcgan.errors import UserError
-from dcgan.data.prepare import prepare
 
 MNIST = sources.DATASETS["mnist"]
 
@@ -41,7 +41,9 @@ def test_manifest_describes_the_data(tiny_prepared):
     folder = Path(tiny_prepared.paths.prepared_dir) / "mnist"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["splits"]["train"]["count"] == 512
-    assert manifest["splits"]["test"]["count"] == MNIST.test_labels.size - 8  # all of it: the IDX labels file has an 8-byte header
+    assert (
+        manifest["splits"]["test"]["count"] == MNIST.test_labels.size - 8
+    )  # all of it: the IDX labels file has an 8-byte header
     assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [256, 256]
     assert manifest["image_shape"] == [28, 28, 1] and manifest["storage_dtype"] == "uint8"
     assert manifest["normalization"]["range"] == [-1.0, 1.0]
@@ -57,12 +59,16 @@ def test_same_images_give_the_same_shard_bytes_in_every_process(tmp_path):
     # process (about half of them put "label" first), so the shards and the manifest hashes
     # that DVC, the classifier cache and resume compare changed between two prepare runs.
     # Six processes all agreeing by chance had a 2 / 2**6 probability.
-    write = ("import json, sys; from pathlib import Path; import numpy as np; from dcgan.data import tfrecords; "
-             "images = [(np.full((2, 2, 1), i, np.uint8), i) for i in range(3)]; "
-             "manifest = tfrecords.write_prepared(Path(sys.argv[1]), {'train': (images, 3)}, 1, {}); "
-             "print(json.dumps(manifest['splits']))")
-    runs = [subprocess.Popen([sys.executable, "-c", write, str(tmp_path / str(i))], stdout=subprocess.PIPE, text=True)
-            for i in range(6)]
+    write = (
+        "import json, sys; from pathlib import Path; import numpy as np; from dcgan.data import tfrecords; "
+        "images = [(np.full((2, 2, 1), i, np.uint8), i) for i in range(3)]; "
+        "manifest = tfrecords.write_prepared(Path(sys.argv[1]), {'train': (images, 3)}, 1, {}); "
+        "print(json.dumps(manifest['splits']))"
+    )
+    runs = [
+        subprocess.Popen([sys.executable, "-c", write, str(tmp_path / str(i))], stdout=subprocess.PIPE, text=True)
+        for i in range(6)
+    ]
     manifests = {run.communicate(timeout=300)[0].splitlines()[-1] for run in runs}
     assert all(run.returncode == 0 for run in runs)
     assert len(manifests) == 1
@@ -79,7 +85,9 @@ def test_training_batches_are_seeded_per_epoch(tiny_prepared):
     from_zero = first_batches(0)
     assert all(b.shape == (64, 28, 28, 1) for b in from_zero)
     assert not np.array_equal(from_zero[0], from_zero[8])  # epochs differ in order
-    assert np.array_equal(np.sort(np.concatenate(from_zero[:8]), axis=None), np.sort(np.concatenate(from_zero[8:]), axis=None))
+    assert np.array_equal(
+        np.sort(np.concatenate(from_zero[:8]), axis=None), np.sort(np.concatenate(from_zero[8:]), axis=None)
+    )
     # A run resumed at step k sees exactly what an uninterrupted run saw from step k on.
     assert all(np.array_equal(a, b) for a, b in zip(first_batches(8)[:8], from_zero[8:]))
     assert all(np.array_equal(a, b) for a, b in zip(first_batches(3)[:13], from_zero[3:]))
@@ -148,15 +156,20 @@ def test_an_edited_record_count_names_the_manifest_before_the_classifier_is_touc
     path.write_text(json.dumps(manifest))
     with pytest.raises(UserError) as error:
         train_classifier(config)
-    assert str(error.value) == (f"{path}: splits.train.count is 100000, but its shards hold 8 records; "
-                                "rerun prepare (dvc repro prepare, or python src/prepare.py)")
+    assert str(error.value) == (
+        f"{path}: splits.train.count is 100000, but its shards hold 8 records; "
+        "rerun prepare (dvc repro prepare, or python src/prepare.py)"
+    )
     assert not (tmp_path / "models/classifier").exists()
 
     manifest["splits"]["train"]["count"] = 8
     manifest["splits"]["train"]["shards"][0]["count"] += 1
     path.write_text(json.dumps(manifest))
     shard = manifest["splits"]["train"]["shards"][0]
-    with pytest.raises(UserError, match=f"{path}: lists {shard['count']} records for {shard['file']}, which holds {shard['count'] - 1};"):
+    with pytest.raises(
+        UserError,
+        match=f"{path}: lists {shard['count']} records for {shard['file']}, which holds {shard['count'] - 1};",
+    ):
         tfrecords.load_manifest(path.parent)
 
 
@@ -179,12 +192,17 @@ def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monke
     config = compose_config(["data=flowers64", "data.image_size=32", "data.test_fraction=0.5"], tmp_path)
     with http_server(tgz.parent) as url:
         # The first URL is unreachable: the next one is used.
-        monkeypatch.setitem(sources.ARCHIVES, "tf_flowers", archive_entry(tgz, ["http://127.0.0.1:9/flower_photos.tgz", url + tgz.name]))
+        monkeypatch.setitem(
+            sources.ARCHIVES, "tf_flowers", archive_entry(tgz, ["http://127.0.0.1:9/flower_photos.tgz", url + tgz.name])
+        )
         manifest = prepare(config)
     extracted = tmp_path / "data/raw/tf_flowers/flower_photos"
     assert [p.name for p in extracted.parent.iterdir()] == ["flower_photos"]  # the archive and temp files are gone
     assert manifest["source_folder"] == str(extracted)
-    assert manifest["classes"] == ["daisy", "roses"]  # from the archive's sub-folders, not the mirror's file-name prefixes
+    assert manifest["classes"] == [
+        "daisy",
+        "roses",
+    ]  # from the archive's sub-folders, not the mirror's file-name prefixes
     assert manifest["labels"] == "subfolder" and manifest["data_config"]["data.labels"] == "prefix"
     assert manifest["source_files"] == 12 and not manifest["skipped"]
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12

@@ -8,15 +8,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from conftest import TINY, compose_config, run_stage
+
 from dcgan import quality
 from dcgan.config import ClassifierConfig
 from dcgan.data.pipeline import load_images
-from dcgan.errors import UserError
 from dcgan.data.tfrecords import load_manifest
-from dcgan.models.classifier import build_classifier
 from dcgan.domain_classifier import classifier_for, training_epochs
+from dcgan.errors import UserError
+from dcgan.models.classifier import build_classifier
 
 COUNT = 2000
 
@@ -91,5 +91,7 @@ def test_inception_features_without_weights_is_a_clear_error(tmp_path, monkeypat
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # no download, even with internet
     with pytest.raises(UserError) as error:
         quality.inception_space([-1.0, 1.0])
-    assert str(error.value).startswith("config key metrics.features: inception needs Keras' InceptionV3 ImageNet weights")
+    assert str(error.value).startswith(
+        "config key metrics.features: inception needs Keras' InceptionV3 ImageNet weights"
+    )
     assert "\n" not in str(error.value)

@@ -47,11 +47,11 @@ def dist(a, b):
 
 
 def slow_radii(points, k):
-    return np.array([sorted(dist(p, q) for j, q in enumerate(points) if j != i)[k - 1]
-                     for i, p in enumerate(points)])
+    return np.array([sorted(dist(p, q) for j, q in enumerate(points) if j != i)[k - 1] for i, p in enumerate(points)])
 
 
 # --- FID ---------------------------------------------------------------------------------
+
 
 def test_gaussian_stats_unbiased_covariance():
     mu, sigma = gaussian_stats(np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]], dtype=np.float32))
@@ -117,12 +117,21 @@ def test_fid_near_singular_covariance_is_finite_and_quiet():
     assert frechet_distance(real, fake) == pytest.approx(exact, rel=1e-6)
     # Rank-deficient covariances whose product has no finite sqrtm: needs the eps * I retry.
     real = np.array([[-1, -2, 1, -1, 2, -1, 1], [-2, 0, -2, 1, -2, 1, 1]], dtype=float)
-    fake = np.array([[0, 1, 0, 2, 1, 2, -2], [-2, 1, 1, 1, 2, -1, 2], [0, -2, -1, 1, 1, 2, 2],
-                     [1, -1, 0, 0, -1, 2, 2], [0, -1, 0, 0, 1, 2, -2]], dtype=float)
+    fake = np.array(
+        [
+            [0, 1, 0, 2, 1, 2, -2],
+            [-2, 1, 1, 1, 2, -1, 2],
+            [0, -2, -1, 1, 1, 2, 2],
+            [1, -1, 0, 0, -1, 2, 2],
+            [0, -1, 0, 0, 1, 2, -2],
+        ],
+        dtype=float,
+    )
     assert math.isfinite(frechet_distance(real, fake))
 
 
 # --- KID ---------------------------------------------------------------------------------
+
 
 def slow_mmd(x, y):
     d = len(x[0])
@@ -146,8 +155,12 @@ def test_kid_subsets_match_slow_reference():
     rng = np.random.default_rng(3)
     real, fake = rng.normal(size=(30, 5)), rng.normal(0.3, 1.0, size=(25, 5))
     draws = np.random.default_rng(7)  # fake subset drawn first, then real, per subset
-    expected = np.mean([slow_mmd(fake[draws.choice(25, 10, replace=False)],
-                                 real[draws.choice(30, 10, replace=False)]) for _ in range(4)])
+    expected = np.mean(
+        [
+            slow_mmd(fake[draws.choice(25, 10, replace=False)], real[draws.choice(30, 10, replace=False)])
+            for _ in range(4)
+        ]
+    )
     got = kernel_distance(real, fake, subset_size=10, subsets=4, seed=7, batch_size=BATCH)
     assert got == pytest.approx(expected, rel=1e-10)
 
@@ -162,6 +175,7 @@ def test_kid_self_is_small_relative_to_shift():
 
 
 # --- k-NN based metrics ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_knn_radii_match_slow_reference(small_sets, k):
@@ -224,6 +238,7 @@ def test_density_coverage_same_distribution():
 
 # --- classifier score and modes ----------------------------------------------------------
 
+
 def test_classifier_score():
     one_hot = np.eye(10)[np.repeat(np.arange(10), 5)]
     assert classifier_score(one_hot) == pytest.approx(10.0)
@@ -257,14 +272,33 @@ def test_mode_coverage_rejects_out_of_range_class():
 
 # --- all together --------------------------------------------------------------------------
 
+
 def test_quality_metrics_keys():
     rng = np.random.default_rng(8)
     logits = rng.normal(size=(50, 3))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    got = quality_metrics(rng.normal(size=(60, 4)), rng.normal(size=(50, 4)), probs,
-                          rng.integers(0, 3, size=60), 3, kid_subset_size=20, kid_subsets=3)
-    assert set(got) == {"fid", "kid", "classifier_score", "precision", "recall", "density",
-                        "coverage", "modes_covered", "mode_kl", "class_shares", "smallest_class_share"}
+    got = quality_metrics(
+        rng.normal(size=(60, 4)),
+        rng.normal(size=(50, 4)),
+        probs,
+        rng.integers(0, 3, size=60),
+        3,
+        kid_subset_size=20,
+        kid_subsets=3,
+    )
+    assert set(got) == {
+        "fid",
+        "kid",
+        "classifier_score",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "modes_covered",
+        "mode_kl",
+        "class_shares",
+        "smallest_class_share",
+    }
     assert all(type(v) is float for key, v in got.items() if key not in ("modes_covered", "class_shares"))
     assert isinstance(got["modes_covered"], int)
     assert len(got["class_shares"]) == 3 and sum(got["class_shares"]) == pytest.approx(1.0)

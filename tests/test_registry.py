@@ -16,8 +16,14 @@ def test_champion_alias_moves_only_to_a_lower_fid_scored_the_same_way(tmp_path, 
     scored_on = {"data": "mnist", "test_split": "0f" * 32, "features": "classifier", "num_samples": "100"}
     moved = [
         tracking.register_generator(run.info.run_id, fid, {**scored_on, **other})
-        for fid, other in ((50.0, {}), (60.0, {}), (40.0, {}), (10.0, {"features": "inception"}), (45.0, {"num_samples": "200"}),
-                           (40.0, {}))
+        for fid, other in (
+            (50.0, {}),
+            (60.0, {}),
+            (40.0, {}),
+            (10.0, {"features": "inception"}),
+            (45.0, {"num_samples": "200"}),
+            (40.0, {}),
+        )
     ]
     assert moved == [True, False, True, False, False, False]  # worse, or scored otherwise: the alias stays
     # The last, an evaluation rerun (same generator, same scoring, same FID), added no version.

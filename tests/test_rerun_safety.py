@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, Training, as_project, last_line_error, mlflow_client, run_stage, training_run_id
 
 pytestmark = pytest.mark.slow
@@ -118,7 +117,10 @@ def test_a_moved_or_copied_project_keeps_its_artifacts_inside_it(finished, workd
     workdir.rename(moved)
     # Its own process, as a user's, and nothing else writes into `finished` (asserted below).
     result = run_stage("train", *TINY, "train.epochs=3", cwd=moved, own_process=True)
-    assert f"artifact locations under {(finished / 'mlartifacts').as_uri()} now point to {(moved / 'mlartifacts').as_uri()}" in result.stdout
+    assert (
+        f"artifact locations under {(finished / 'mlartifacts').as_uri()} "
+        f"now point to {(moved / 'mlartifacts').as_uri()}" in result.stdout
+    )
     run = mlflow_client(moved).get_run(json.loads((moved / "models/run.json").read_text())["mlflow_run_id"])
     assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
     assert Path(run.info.artifact_uri.removeprefix("file://"), "samples", "epoch_0003.png").is_file()
@@ -139,7 +141,11 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one(workdir):
     assert _history_epochs(workdir) == ["1", "2", "3"]
     assert sorted(p.name for p in checkpoints.glob("ckpt-*")) == ["ckpt-000000016.npz", "ckpt-000000024.npz"]
     run_id = json.loads((workdir / "models/run.json").read_text())["mlflow_run_id"]
-    assert [m.step for m in mlflow_client(workdir).get_metric_history(run_id, "d_loss")] == [1, 2, 3]  # round 2, redone, once
+    assert [m.step for m in mlflow_client(workdir).get_metric_history(run_id, "d_loss")] == [
+        1,
+        2,
+        3,
+    ]  # round 2, redone, once
 
     for checkpoint in checkpoints.glob("ckpt-*"):
         _truncate(checkpoint)
@@ -159,7 +165,8 @@ def test_damaged_prepared_data_is_caught_before_any_work(workdir):
     for stage in ("train", "evaluate"):
         error = last_line_error(run_stage(stage, *TINY, "train.epochs=3", cwd=workdir, check=False))
         assert error == (
-            f"error: data/prepared/mnist/{shard.name}: shard does not match the SHA-256 in manifest.json (truncated or changed); "
+            f"error: data/prepared/mnist/{shard.name}: shard does not match the SHA-256 in manifest.json "
+            "(truncated or changed); "
             "rerun prepare (dvc repro prepare, or python src/prepare.py)"
         )
     assert mlflow_client(workdir).get_run(run_id).info.status == "FINISHED"  # not flipped to FAILED
@@ -182,12 +189,17 @@ def test_damaged_train_outputs_given_to_evaluate(workdir):
     generator = workdir / "models/generator.keras"
     _truncate(generator)
     error = last_line_error(run_stage("evaluate", *TINY, cwd=workdir, check=False))
-    assert error == ("error: models/generator.keras: not a readable Keras model (truncated or damaged: not a complete .keras "
-                     "archive); rerun the train stage (dvc repro -f train)")
+    assert error == (
+        "error: models/generator.keras: not a readable Keras model (truncated or damaged: not a complete .keras "
+        "archive); rerun the train stage (dvc repro -f train)"
+    )
 
     (workdir / "models/run.json").write_text("{garbage")
     error = last_line_error(run_stage("evaluate", *TINY, cwd=workdir, check=False))
-    assert error == "error: models/run.json: not the train stage's run record (no mlflow_run_id); rerun the train stage (dvc repro -f train)"
+    assert (
+        error == "error: models/run.json: not the train stage's run record (no mlflow_run_id); rerun the train stage "
+        "(dvc repro -f train)"
+    )
 
 
 def test_a_store_that_is_not_a_database_fails_before_any_work(tmp_path):
@@ -195,7 +207,8 @@ def test_a_store_that_is_not_a_database_fails_before_any_work(tmp_path):
     error = last_line_error(run_stage("train", *TINY, cwd=tmp_path, check=False))
     assert error == (
         f"error: {tmp_path}/mlflow.db: cannot use the MLflow SQLite store (file is not a database); "
-        f"move it aside (mv {tmp_path}/mlflow.db {tmp_path}/mlflow.db.damaged) to start a new one (checkpoints resume into a new run), "
+        f"move it aside (mv {tmp_path}/mlflow.db {tmp_path}/mlflow.db.damaged) to start a new one (checkpoints "
+        "resume into a new run), "
         "or set tracking.uri"
     )
     assert not (tmp_path / "data").exists()
@@ -209,7 +222,8 @@ def test_a_damaged_store_names_itself_and_moving_it_aside_recovers(workdir):
     error = last_line_error(run_stage("train", *TINY, "train.epochs=3", cwd=workdir, check=False))
     assert error == (
         f"error: {store}: cannot use the MLflow SQLite store (database disk image is malformed); "
-        f"move it aside (mv {store} {store}.damaged) to start a new one (checkpoints resume into a new run), or set tracking.uri"
+        f"move it aside (mv {store} {store}.damaged) to start a new one (checkpoints resume into a new run), or "
+        "set tracking.uri"
     )
     assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
     store.rename(store.with_suffix(".db.damaged"))
@@ -224,7 +238,10 @@ def test_config_mistakes_are_one_line_without_start_up_noise(tmp_path):
     (tmp_path / "params.yaml").write_text("data:\n  name: mnist\n  limit: [1, 2\ntrain:\n  epochs: 1\n")
     result = run_stage("train", "--config-dir=.", "--config-name=params", cwd=tmp_path, check=False, own_process=True)
     assert result.returncode == 1
-    assert result.stderr == f"error: {tmp_path}/params.yaml: line 4, column 6: not valid YAML (expected ',' or ']', but got ':')\n"
+    assert (
+        result.stderr
+        == f"error: {tmp_path}/params.yaml: line 4, column 6: not valid YAML (expected ',' or ']', but got ':')\n"
+    )
 
 
 def test_ctrl_c_while_the_classifier_trains(tmp_path):
@@ -232,8 +249,14 @@ def test_ctrl_c_while_the_classifier_trains(tmp_path):
     run = Training(tmp_path, *TINY, "metrics.classifier.epochs=200")
     run.wait_until(lambda: "training the domain classifier" in run.stdout.read_text())
     assert run.stop(signal.SIGINT, 2.0) == 130, run.stderr[-3000:]
-    assert run.stderr.strip() == "interrupted: SIGINT received: stopped while training the domain classifier (models/classifier/mnist is not kept); rerun the same command"
-    assert not (tmp_path / "models/classifier/mnist/classifier.json").exists()  # no half-trained classifier passes for done
+    assert (
+        run.stderr.strip()
+        == "interrupted: SIGINT received: stopped while training the domain classifier (models/classifier/mnist "
+        "is not kept); rerun the same command"
+    )
+    assert not (
+        tmp_path / "models/classifier/mnist/classifier.json"
+    ).exists()  # no half-trained classifier passes for done
 
 
 def test_read_only_checkpoints_fail_up_front_and_keep_the_best_generator(workdir, mount_tmpfs):
@@ -249,8 +272,12 @@ def test_read_only_checkpoints_fail_up_front_and_keep_the_best_generator(workdir
 
 def test_a_prepare_killed_mid_way_leaves_nothing_behind_after_a_rerun(tmp_path):
     prepared = tmp_path / "data/prepared"
-    process = subprocess.Popen([sys.executable, str(REPO / "src/prepare.py")], cwd=as_project(tmp_path), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "src/prepare.py")],
+        cwd=as_project(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not list(prepared.glob(".mnist.tmp-*/train-*")) and time.monotonic() < deadline:
         assert process.poll() is None

@@ -41,6 +41,12 @@ def test_a_fit_ends_after_the_batch_the_signal_came_in():
     finished = []
     ends = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: finished.append(batch))
     with stop_signals as stop, pytest.raises(Interrupted, match="^SIGINT received: classifier not kept$"):
-        model.fit(np.zeros((64, 4)), np.zeros(64), batch_size=8, epochs=3, verbose=0,
-                  callbacks=[SignalAtBatch(), ends, StopAtSignal(stop, "classifier not kept")])
+        model.fit(
+            np.zeros((64, 4)),
+            np.zeros(64),
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            callbacks=[SignalAtBatch(), ends, StopAtSignal(stop, "classifier not kept")],
+        )
     assert finished == [0, 1, 2]

@@ -5,8 +5,8 @@ import shutil
 from dataclasses import replace
 
 import pytest
-
 from conftest import MIRROR, archive_entry, compose_config, flower_archive, http_server
+
 from dcgan.data import sources
 from dcgan.errors import UserError
 
@@ -22,7 +22,9 @@ def test_reads_and_verifies_the_mirror():
 def test_mirror_missing_file_names_it(tmp_path):
     (tmp_path / "mnist").mkdir()
     shutil.copy(MIRROR / "mnist" / MNIST.train_labels.name, tmp_path / "mnist")
-    with pytest.raises(UserError, match=f"{tmp_path / 'mnist' / MNIST.train_images.name}: missing from the dataset mirror"):
+    with pytest.raises(
+        UserError, match=f"{tmp_path / 'mnist' / MNIST.train_images.name}: missing from the dataset mirror"
+    ):
         sources.fetch("mnist", tmp_path, [], cache_dir=None)
 
 
@@ -77,7 +79,9 @@ def test_archive_with_a_wrong_hash_is_refused_and_removed(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"flower_photos.tgz: no source gave a verified copy ({UNREACHABLE}{tgz.name}: ")
-    mismatch = f"checksum mismatch: SHA-256 {entry.sha256} ({entry.size} bytes), expected {wrong.sha256} ({entry.size} bytes)"
+    mismatch = (
+        f"checksum mismatch: SHA-256 {entry.sha256} ({entry.size} bytes), expected {wrong.sha256} ({entry.size} bytes)"
+    )
     assert message.endswith(f"; {url}{tgz.name}: {cache / tgz.name}: {mismatch})")
     assert list(cache.iterdir()) == []  # no archive, no temp file, no extracted folder
 
@@ -86,7 +90,9 @@ def test_archive_member_outside_its_folder_is_refused(tmp_path):
     tgz = flower_archive(tmp_path / "served", extra_member="../evil.jpg")
     cache = tmp_path / "raw" / "tf_flowers"
     with http_server(tgz.parent) as url:
-        refused = r"flower_photos.tgz: cannot extract \('\.\./evil\.jpg' would be extracted to .* outside the destination\)$"
+        refused = (
+            r"flower_photos.tgz: cannot extract \('\.\./evil\.jpg' would be extracted to .* outside the destination\)$"
+        )
         with pytest.raises(UserError, match=refused):
             sources.fetch_archive(archive_entry(tgz, [url + tgz.name]), cache)
     assert list(cache.iterdir()) == []
@@ -97,10 +103,18 @@ def test_image_folder_source_prefers_the_mirror_then_the_archive(tmp_path, monke
     flowers = compose_config(["data=flowers64"]).data
     assert sources.image_folder_source(flowers, tmp_path) == (MIRROR / "flowers_ccby" / "images", "prefix")
     own_folder = compose_config(["data=flowers64", f"data.path={tmp_path}", "data.labels=none"]).data
-    assert sources.image_folder_source(own_folder, tmp_path) == (tmp_path, "none")  # data.download is for mirror: paths only
+    assert sources.image_folder_source(own_folder, tmp_path) == (
+        tmp_path,
+        "none",
+    )  # data.download is for mirror: paths only
     monkeypatch.delenv("DCGAN_DATA_MIRROR")
-    with pytest.raises(UserError, match="config key data.path: 'mirror:flowers_ccby/images' is inside the dataset mirror, but none is set"):
+    with pytest.raises(
+        UserError,
+        match="config key data.path: 'mirror:flowers_ccby/images' is inside the dataset mirror, but none is set",
+    ):
         sources.image_folder_source(compose_config(["data=flowers64", "data.download=null"]).data, tmp_path)
-    with pytest.raises(UserError, match=r"config key data.download: unknown archive 'imagenet' \(choose from tf_flowers\)"):
+    with pytest.raises(
+        UserError, match=r"config key data.download: unknown archive 'imagenet' \(choose from tf_flowers\)"
+    ):
         sources.image_folder_source(compose_config(["data=flowers64", "data.download=imagenet"]).data, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded

@@ -6,24 +6,27 @@ import keras
 import optuna
 import pytest
 import yaml
+from conftest import REPO, TINY, compose_config, last_line_error, mlflow_client, run_stage, sweep_runs
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from sweeps import loopback_ray_cluster
 
-from conftest import REPO, TINY, compose_config, last_line_error, mlflow_client, run_stage, sweep_runs
 from dcgan import search
 from dcgan.cli import job_threads
 from dcgan.config import SearchConfig, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.search import search_space
-from sweeps import loopback_ray_cluster
 
 
 @pytest.mark.parametrize(
     "launcher, threads",
     [
-        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None),  # one job at a time: all cores
+        (
+            {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+            None,
+        ),  # one job at a time: all cores
         ({"n_jobs": 2}, 4),
         ({"n_jobs": 16}, 1),
         ({"n_jobs": -1}, 1),  # joblib: as many jobs as cores
@@ -49,13 +52,24 @@ def test_parallel_sweep_shares_the_cores_and_the_sqlite_store(tmp_path):
     """Four jobs at once through the joblib launcher, all logging to one SQLite store: each
     on its share of the cores, and none of their runs, params, metrics or artifacts lost."""
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)  # once, not by four jobs queueing for its lock
-    sweep = [*TINY, "data.limit=128", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "optimizer=adam,rmsprop", "train.seed=1,2"]
+    sweep = [
+        *TINY,
+        "data.limit=128",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "optimizer=adam,rmsprop",
+        "train.seed=1,2",
+    ]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     client = mlflow_client(tmp_path)
     parent, runs = sweep_runs(client, "dcgan-tiny")
     assert parent.info.status == "FINISHED" and len(runs) == 4
     assert sorted((r.data.params["optimizer.name"], r.data.params["train.seed"]) for r in runs) == [
-        ("adam", "1"), ("adam", "2"), ("rmsprop", "1"), ("rmsprop", "2")]
+        ("adam", "1"),
+        ("adam", "2"),
+        ("rmsprop", "1"),
+        ("rmsprop", "2"),
+    ]
     assert {r.data.params["train.threads"] for r in runs} == {"1"}  # 2 cores among 4 jobs: one thread each
     for name in ("adam", "rmsprop"):  # every param of each run logged (the optimizers' settings differ)
         expected = set(flatten(to_dict(compose_config([f"optimizer={name}"]))))
@@ -72,8 +86,10 @@ def test_a_failed_job_fails_the_sweep_after_the_others_ran(tmp_path):
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
     result = run_stage("train", "-m", *TINY, "data.limit=128", "train.batch_size=4096,64", cwd=tmp_path, check=False)
     assert result.returncode == 1
-    assert last_line_error(result) == ("error: a sweep job failed: config key train.batch_size: 4096 exceeds the 128 "
-                                       "training images in data/prepared/mnist")
+    assert last_line_error(result) == (
+        "error: a sweep job failed: config key train.batch_size: 4096 exceeds the 128 "
+        "training images in data/prepared/mnist"
+    )
     parent, runs = sweep_runs(mlflow_client(tmp_path), "dcgan-tiny")
     assert [r.data.params["train.batch_size"] for r in runs] == ["64"] and runs[0].info.status == "FINISHED"
     assert parent.info.status == "FAILED" and parent.data.metrics["best_fid"] == runs[0].data.metrics["best_fid"]
@@ -90,7 +106,13 @@ def assert_two_jobs_in_one_store(workdir):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
-    sweep = [*TINY, "data.limit=128", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "optimizer=adam,rmsprop"]
+    sweep = [
+        *TINY,
+        "data.limit=128",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.cpus_per_task=1",
+        "optimizer=adam,rmsprop",
+    ]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     assert_two_jobs_in_one_store(tmp_path)
     assert len(list((tmp_path / "multirun").glob("*/*/.submitit/*/*_result.pkl"))) == 2
@@ -102,23 +124,42 @@ def test_ray_launcher_runs_the_jobs_on_a_two_node_cluster(tmp_path):
     each: the two jobs (one CPU each) run on both nodes at once, into the one store."""
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
     with loopback_ray_cluster(nodes=2, cpus_per_node=1) as address:
-        result = run_stage("train", "-m", *TINY, "data.limit=128", "hydra/launcher=ray", f"hydra.launcher.address={address}",
-                           "optimizer=adam,rmsprop", cwd=tmp_path)
+        result = run_stage(
+            "train",
+            "-m",
+            *TINY,
+            "data.limit=128",
+            "hydra/launcher=ray",
+            f"hydra.launcher.address={address}",
+            "optimizer=adam,rmsprop",
+            cwd=tmp_path,
+        )
     assert f"Ray launcher: 2 jobs on {address}" in result.stdout + result.stderr
     assert_two_jobs_in_one_store(tmp_path)
-    stopped = run_stage("train", "-m", *TINY, "hydra/launcher=ray", f"hydra.launcher.address={address}", cwd=tmp_path, check=False)
-    assert last_line_error(stopped) == (f"error: hydra.launcher.address={address}: no Ray head answers there "
-                                        "(Connection refused); start one with `ray start --head`")
+    stopped = run_stage(
+        "train", "-m", *TINY, "hydra/launcher=ray", f"hydra.launcher.address={address}", cwd=tmp_path, check=False
+    )
+    assert last_line_error(stopped) == (
+        f"error: hydra.launcher.address={address}: no Ray head answers there "
+        "(Connection refused); start one with `ray start --head`"
+    )
 
 
 def test_search_space_reads_hydras_sweep_grammar():
     space, fixed = search_space(
-        {"lr": "tag(log, interval(1e-4, 1e-3))", "slope": "interval(0.05, 0.3)", "batch": "choice(32, 64)",
-         "width": "int(interval(16, 64))", "blocks": "range(2, 5)"},
+        {
+            "lr": "tag(log, interval(1e-4, 1e-3))",
+            "slope": "interval(0.05, 0.3)",
+            "batch": "choice(32, 64)",
+            "width": "int(interval(16, 64))",
+            "blocks": "range(2, 5)",
+        },
         ["debug=tiny", "optimizer=adam,rmsprop"],
     )
     assert space["lr"] == FloatDistribution(1e-4, 1e-3, log=True) and space["slope"] == FloatDistribution(0.05, 0.3)
-    assert space["batch"] == CategoricalDistribution([32, 64]) and space["optimizer"] == CategoricalDistribution(["adam", "rmsprop"])
+    assert space["batch"] == CategoricalDistribution([32, 64]) and space["optimizer"] == CategoricalDistribution(
+        ["adam", "rmsprop"]
+    )
     assert space["width"] == IntDistribution(16, 64) and space["blocks"] == IntDistribution(2, 4)
     assert fixed == ["debug=tiny"]
     with pytest.raises(UserError, match="search space key lr: 'lr=0.1' is not choice"):
@@ -135,7 +176,9 @@ def test_a_trial_behind_the_median_is_pruned(tmp_path):
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     for fid, pruned in ((30.0, False), (120.0, True)):
         study.ask()
-        report = search.ReportToStudy(SearchConfig(storage=journal, study="s", trial=len(study.trials) - 1, startup_trials=1, warmup_rounds=0))
+        report = search.ReportToStudy(
+            SearchConfig(storage=journal, study="s", trial=len(study.trials) - 1, startup_trials=1, warmup_rounds=0)
+        )
         report.set_model(model)
         model.stop_training = False
         report.on_epoch_end(0, {"progress/fid": fid})
@@ -157,8 +200,15 @@ def test_fid_search_records_failures_and_resumes(tmp_path):
     )
     journal, best = tmp_path / "study.journal", tmp_path / "best_params.yaml"
     search_args = [
-        "-m", f"--config-dir={tmp_path / 'conf'}", "hparams_search=lr_search", *TINY, "data.limit=128", "train.epochs=3",
-        "metrics.train_samples=50", f"hydra.sweeper.storage={journal}", f"hydra.sweeper.best_params={best}",
+        "-m",
+        f"--config-dir={tmp_path / 'conf'}",
+        "hparams_search=lr_search",
+        *TINY,
+        "data.limit=128",
+        "train.epochs=3",
+        "metrics.train_samples=50",
+        f"hydra.sweeper.storage={journal}",
+        f"hydra.sweeper.best_params={best}",
     ]
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
     first = run_stage("train", *search_args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
@@ -168,7 +218,9 @@ def test_fid_search_records_failures_and_resumes(tmp_path):
     assert all(len(t.intermediate_values) < 3 for t in study.trials if t.state == TrialState.PRUNED)
     saved = yaml.safe_load(best.read_text())
     assert saved["best_fid"] == study.best_value and saved["commands"]["train"] in first.stdout
-    assert saved["commands"]["train"].startswith("python src/train.py hparams_search=lr_search debug=tiny data.limit=128 train.epochs=3")
+    assert saved["commands"]["train"].startswith(
+        "python src/train.py hparams_search=lr_search debug=tiny data.limit=128 train.epochs=3"
+    )
 
     second = run_stage("train", *search_args, "hydra.sweeper.n_trials=5", "train.batch_size=256", cwd=tmp_path)
     study = optuna.load_study(study_name="lr_search", storage=search.storage(str(journal)))

@@ -17,10 +17,23 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from conftest import (
+    REPO,
+    TINY,
+    Training,
+    dvc_project,
+    free_port,
+    last_line_error,
+    needs_package,
+    run_dvc_queue,
+    run_stage,
+    sh,
+    sweep_runs,
+    training_run_id,
+    venv_env,
+)
 from mlflow import MlflowClient
 
-from conftest import (REPO, TINY, Training, dvc_project, free_port, last_line_error, needs_package, run_dvc_queue, run_stage, sh, sweep_runs,
-                      training_run_id, venv_env)
 from dcgan import server
 
 pytestmark = pytest.mark.slow
@@ -37,8 +50,22 @@ class TeamServer:
 
     def command(self, action: str) -> subprocess.CompletedProcess:
         """``python src/server.py <action>`` as a user runs it."""
-        return subprocess.run([sys.executable, str(REPO / "src/server.py"), action, "--folder", str(self.folder),
-                               "--port", str(self.port), "--db-port", str(self.db_port)], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "src/server.py"),
+                action,
+                "--folder",
+                str(self.folder),
+                "--port",
+                str(self.port),
+                "--db-port",
+                str(self.db_port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     def client(self) -> MlflowClient:
         return MlflowClient(self.uri)
@@ -46,7 +73,11 @@ class TeamServer:
 
 @pytest.fixture(scope="module")
 def team_server():
-    needs_package("postgresql", bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")), "the team server's database")
+    needs_package(
+        "postgresql",
+        bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")),
+        "the team server's database",
+    )
     # PostgreSQL runs as its own account when the tests run as root: the folder must be reachable.
     parent = Path(tempfile.mkdtemp(prefix="dcgan-team-"))
     parent.chmod(0o755)
@@ -63,7 +94,9 @@ def test_the_server_keeps_its_runs_across_a_restart_and_its_secrets_to_itself(te
     folder = server.ServerFolder(team_server.folder)
     assert oct(folder.password_file.stat().st_mode & 0o777) == "0o600"
     password = folder.password()
-    with psycopg.connect(host="127.0.0.1", port=team_server.db_port, user="mlflow", password=password, dbname="mlflow") as db:
+    with psycopg.connect(
+        host="127.0.0.1", port=team_server.db_port, user="mlflow", password=password, dbname="mlflow"
+    ) as db:
         assert db.execute("SHOW listen_addresses").fetchone()[0] == "127.0.0.1"
         assert db.execute("SHOW unix_socket_directories").fetchone()[0] == ""
     pid = folder.state()["pid"]
@@ -78,8 +111,10 @@ def test_the_server_keeps_its_runs_across_a_restart_and_its_secrets_to_itself(te
     assert "MLflow server" in stopped.stdout and stopped.stdout.count(": stopped") == 2, stopped.stdout
     assert team_server.command("start").returncode == 0
     assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
-    assert client.download_artifacts(run.info.run_id, "note.txt", str(team_server.folder.parent)) and \
-        (team_server.folder.parent / "note.txt").read_text() == "kept"
+    assert (
+        client.download_artifacts(run.info.run_id, "note.txt", str(team_server.folder.parent))
+        and (team_server.folder.parent / "note.txt").read_text() == "kept"
+    )
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(team_server, tmp_path):
@@ -87,22 +122,35 @@ def test_a_port_in_use_is_refused_before_anything_starts(team_server, tmp_path):
     second.port = team_server.port  # the first server's
     result = second.command("start")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == (f"error: 127.0.0.1:{team_server.port}: the port for the MLflow server is in use by another "
-                                     "process; stop that process or choose another port (--port, or SERVER_PORT= for make server)")
+    assert result.stderr.strip() == (
+        f"error: 127.0.0.1:{team_server.port}: the port for the MLflow server is in use by another "
+        "process; stop that process or choose another port (--port, or SERVER_PORT= for make server)"
+    )
     assert not server.ServerFolder(second.folder).cluster.exists()  # no PostgreSQL left running or even made
     assert second.command("status").stdout.strip() == f"{second.folder}: no server was started here"
 
     second.port, second.db_port = free_port(), team_server.db_port  # the first server's PostgreSQL
     assert second.command("start").stderr.strip() == (
-        f"error: 127.0.0.1:{team_server.db_port}: the port for PostgreSQL is in use by another process; stop that process or choose "
-        "another port (--db-port, or DB_PORT= for make server)")
+        f"error: 127.0.0.1:{team_server.db_port}: the port for PostgreSQL is in use by another process; stop "
+        "that process or choose "
+        "another port (--db-port, or DB_PORT= for make server)"
+    )
     assert "running" in team_server.command("status").stdout  # the first server was not disturbed
 
 
 def test_four_jobs_writing_at_once_lose_nothing(team_server, tmp_path):
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
-    sweep = [*TINY, "data.limit=128", "train.epochs=3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-             "optimizer=adam,rmsprop", "train.seed=1,2", f"tracking.uri={team_server.uri}", "tracking.experiment=four-writers"]
+    sweep = [
+        *TINY,
+        "data.limit=128",
+        "train.epochs=3",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "optimizer=adam,rmsprop",
+        "train.seed=1,2",
+        f"tracking.uri={team_server.uri}",
+        "tracking.experiment=four-writers",
+    ]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     client = team_server.client()
     parent, runs = sweep_runs(client, "four-writers")
@@ -142,11 +190,20 @@ def test_a_dvc_queue_runs_every_stage_against_the_server(team_server, tmp_path):
     versions = client.search_model_versions("name = 'dcgan-mnist'")
     assert sorted(version.run_id for version in versions) == sorted(run.info.run_id for run in runs)
     assert client.get_model_version_by_alias("dcgan-mnist", "champion").tags["fid"] == repr(
-        min(float(version.tags["fid"]) for version in versions))
+        min(float(version.tags["fid"]) for version in versions)
+    )
     assert not (project / "mlflow.db").exists()  # nothing went to a local store
     # Anyone with the URI gets images from the team's champion.
-    run_stage("generate", *TINY, f"tracking.uri={team_server.uri}", "generate.model=models:/dcgan-mnist@champion",
-              "generate.num_images=4", "generate.npy=true", f"generate.out_dir={tmp_path / 'champion'}", cwd=project)
+    run_stage(
+        "generate",
+        *TINY,
+        f"tracking.uri={team_server.uri}",
+        "generate.model=models:/dcgan-mnist@champion",
+        "generate.num_images=4",
+        "generate.npy=true",
+        f"generate.out_dir={tmp_path / 'champion'}",
+        cwd=project,
+    )
     assert np.load(tmp_path / "champion/images.npy").shape == (4, 28, 28, 1)
 
 
@@ -159,8 +216,14 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
 
     def train_through_an_outage(workdir: Path, experiment: str, env: dict | None = None) -> Training:
         """Start a training, stop the server once its first round is logged, start it 15 s later."""
-        training = Training(workdir, *TINY, f"train.epochs={rounds}", f"tracking.uri={team_server.uri}",
-                            f"tracking.experiment={experiment}", env=env)
+        training = Training(
+            workdir,
+            *TINY,
+            f"train.epochs={rounds}",
+            f"tracking.uri={team_server.uri}",
+            f"tracking.experiment={experiment}",
+            env=env,
+        )
         training.wait_until(lambda: logged_rounds(experiment) >= 1, timeout=300)
         server.stop(team_server.folder)
         training.rounds_at_outage = training.rounds_started()
@@ -191,14 +254,25 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
     complete_run("outage")
 
     (tmp_path / "stopped").mkdir()
-    training = train_through_an_outage(tmp_path / "stopped", "outage-no-retries", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    training = train_through_an_outage(
+        tmp_path / "stopped", "outage-no-retries", env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    )
     assert training.process.wait(timeout=600) == 1
     error = training.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: MLflow tracking store {team_server.uri} failed during the run (") and "Traceback" not in training.stderr
+    assert (
+        error.startswith(f"error: MLflow tracking store {team_server.uri} failed during the run (")
+        and "Traceback" not in training.stderr
+    )
     assert error.endswith("completed rounds are checkpointed: rerun the same command to resume into the same run")
     run_id = training_run_id(tmp_path / "stopped")
-    run_stage("train", *TINY, f"train.epochs={rounds}", f"tracking.uri={team_server.uri}", "tracking.experiment=outage-no-retries",
-              cwd=tmp_path / "stopped")
+    run_stage(
+        "train",
+        *TINY,
+        f"train.epochs={rounds}",
+        f"tracking.uri={team_server.uri}",
+        "tracking.experiment=outage-no-retries",
+        cwd=tmp_path / "stopped",
+    )
     assert complete_run("outage-no-retries").info.run_id == run_id
 
 
@@ -206,9 +280,11 @@ def test_a_wrong_password_or_a_database_that_is_down_is_one_line(team_server, tm
     folder = server.ServerFolder(team_server.folder)
     direct = f"postgresql://mlflow:wrong@127.0.0.1:{team_server.db_port}/mlflow"
     result = run_stage("train", *TINY, f"tracking.uri={direct}", cwd=tmp_path, check=False)
-    assert last_line_error(result) == (f'error: MLflow tracking store postgresql://mlflow:***@127.0.0.1:{team_server.db_port}/mlflow: '
-                                       f'connection failed: connection to server at "127.0.0.1", port {team_server.db_port} failed: '
-                                       'FATAL:  password authentication failed for user "mlflow"')
+    assert last_line_error(result) == (
+        f"error: MLflow tracking store postgresql://mlflow:***@127.0.0.1:{team_server.db_port}/mlflow: "
+        f'connection failed: connection to server at "127.0.0.1", port {team_server.db_port} failed: '
+        'FATAL:  password authentication failed for user "mlflow"'
+    )
     assert "wrong" not in result.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists()  # nothing started
 
@@ -220,12 +296,17 @@ def test_a_wrong_password_or_a_database_that_is_down_is_one_line(team_server, tm
     finally:
         folder.password_file.write_text(password + "\n")
     assert started.returncode != 0 and "Traceback" not in started.stderr
-    assert started.stderr.strip() == (f"error: PostgreSQL at 127.0.0.1:{team_server.db_port} (password from {folder.password_file}): "
-                                      f'connection failed: connection to server at "127.0.0.1", port {team_server.db_port} failed: '
-                                      'FATAL:  password authentication failed for user "mlflow"')
+    assert started.stderr.strip() == (
+        f"error: PostgreSQL at 127.0.0.1:{team_server.db_port} (password from {folder.password_file}): "
+        f'connection failed: connection to server at "127.0.0.1", port {team_server.db_port} failed: '
+        'FATAL:  password authentication failed for user "mlflow"'
+    )
 
     # PostgreSQL down behind a running MLflow server: the pre-flight check fails in seconds.
-    subprocess.run(server._as_db_account([server._postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"]), check=True)
+    subprocess.run(
+        server._as_db_account([server._postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"]),
+        check=True,
+    )
     try:
         began = time.monotonic()
         result = run_stage("train", *TINY, f"tracking.uri={team_server.uri}", cwd=tmp_path, check=False)

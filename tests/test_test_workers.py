@@ -16,10 +16,16 @@ def test_make_tests_scheduling_keeps_each_module_on_one_worker(tmp_path):
     for module in ("alpha", "beta"):
         tests = "".join(f"def test_{i}():\n    time.sleep(0.1)\n" for i in range(4))
         (tmp_path / f"test_{module}.py").write_text(f"import time\n\n{tests}")
-    result = subprocess.run([sys.executable, "-m", "pytest", *flags, "-v", "-p", "no:cacheprovider", str(tmp_path)],
-                            cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *flags, "-v", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     workers = defaultdict(set)
     for worker, module in re.findall(r"^\[(gw\d+)\].*PASSED \S*?(test_\w+)\.py::", result.stdout, re.M):
         workers[module].add(worker)
-    assert set(workers) == {"test_alpha", "test_beta"} and all(len(found) == 1 for found in workers.values()), dict(workers)
+    assert set(workers) == {"test_alpha", "test_beta"} and all(len(found) == 1 for found in workers.values()), dict(
+        workers
+    )

@@ -15,7 +15,11 @@ def test_a_lost_creation_race_is_retried_once_and_other_errors_are_not(tmp_path,
 
     def create_or_look_up() -> str:  # what MLflow does when the lookup ran before the winner's insert
         calls.append(len(calls))
-        return mlflow.create_experiment("shared") if len(calls) == 1 else mlflow.get_experiment_by_name("shared").experiment_id
+        return (
+            mlflow.create_experiment("shared")
+            if len(calls) == 1
+            else mlflow.get_experiment_by_name("shared").experiment_id
+        )
 
     assert tracking.once_more_if_raced(create_or_look_up) == winner and calls == [0, 1]
 

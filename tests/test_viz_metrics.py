@@ -5,8 +5,8 @@ import shutil
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from conftest import needs_package
+
 from dcgan import metrics, viz
 
 
@@ -25,7 +25,9 @@ def test_rgb_grid_keeps_channels():
 def test_architecture_diagrams_are_drawn_by_graphviz(tmp_path):
     import keras
 
-    needs_package("graphviz", shutil.which("dot") is not None, "Keras' plot_model draws the architecture diagrams with it")
+    needs_package(
+        "graphviz", shutil.which("dot") is not None, "Keras' plot_model draws the architecture diagrams with it"
+    )
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")], name="small")
     assert viz.architecture_diagram(model, tmp_path / "small.png")
     assert iio.imread(tmp_path / "small.png").ndim == 3

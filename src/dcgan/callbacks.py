@@ -26,7 +26,18 @@ from dcgan.quality import QUALITY_KEYS, Scorer, generate
 from dcgan.signals import StopSignals
 
 PROGRESS = "progress/"  # prefix of in-training quality metrics in ``logs`` and MLflow
-HISTORY_KEYS = ("epoch", "iteration", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "epoch_seconds", "skipped_steps", *QUALITY_KEYS)
+HISTORY_KEYS = (
+    "epoch",
+    "iteration",
+    "d_loss",
+    "g_loss",
+    "d_real",
+    "d_fake",
+    "images_per_sec",
+    "epoch_seconds",
+    "skipped_steps",
+    *QUALITY_KEYS,
+)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -79,7 +90,9 @@ class SampleGrid(keras.callbacks.Callback):
             return
         mlflow.log_artifact(str(path), artifact_path="samples")
         # By step too, so the UI's image view compares runs round by round.
-        mlflow.log_image(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=round_index + 1)
+        mlflow.log_image(
+            grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=round_index + 1
+        )
 
 
 class QualityMonitor(keras.callbacks.Callback):
@@ -133,8 +146,14 @@ class Checkpointer(keras.callbacks.Callback):
     restarts (after Keras has reset them), so its logged means cover all of its steps.
     """
 
-    def __init__(self, checkpoints: CheckpointDir, state: RunState, steps_per_round: int, stop: StopSignals,
-                 resumed_metrics: list | None = None):
+    def __init__(
+        self,
+        checkpoints: CheckpointDir,
+        state: RunState,
+        steps_per_round: int,
+        stop: StopSignals,
+        resumed_metrics: list | None = None,
+    ):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
@@ -155,7 +174,11 @@ class Checkpointer(keras.callbacks.Callback):
         for key in ("d_loss", "g_loss"):
             value = float(logs[key])
             if not math.isfinite(value):
-                kept = f"the last good checkpoint {self.checkpoints.folder / self.state.checkpoint} is kept" if self.state.checkpoint else "no checkpoint was written yet"
+                kept = (
+                    f"the last good checkpoint {self.checkpoints.folder / self.state.checkpoint} is kept"
+                    if self.state.checkpoint
+                    else "no checkpoint was written yet"
+                )
                 raise TrainingDiverged(
                     f"{key} became {value} at step {step}; training stopped and {kept}; "
                     "lower the learning rate, or rerun with train.resume=never to start over"
@@ -166,7 +189,10 @@ class Checkpointer(keras.callbacks.Callback):
             self._interrupted()
 
     def _interrupted(self):
-        self.stop.check(f"stopped after step {self.state.step}, checkpoint saved in {self.checkpoints.folder}; rerun the same command to resume")
+        self.stop.check(
+            f"stopped after step {self.state.step}, checkpoint saved in {self.checkpoints.folder}; rerun the "
+            "same command to resume"
+        )
 
     def on_epoch_end(self, round_index, logs=None):
         row = {

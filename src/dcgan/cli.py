@@ -123,7 +123,11 @@ def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> object:
     except Interrupted as exc:
         _fail(f"interrupted: {exc}", 128 + exc.signum)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (e.g. while the classifier trains)
-        _fail("interrupted: stopped by Ctrl-C; what was complete is kept (outputs, the last checkpoint): rerun the same command", 130)
+        _fail(
+            "interrupted: stopped by Ctrl-C; what was complete is kept (outputs, the last checkpoint): rerun "
+            "the same command",
+            130,
+        )
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -56,7 +56,9 @@ class DataConfig:
     shards: int = 4
     # image_folder only:
     path: Optional[str] = None  # the folder; "mirror:<sub/path>" is inside the dataset mirror
-    download: Optional[str] = None  # an archive of dcgan.data.sources.ARCHIVES, used for a mirror: path when no mirror is set
+    download: Optional[str] = (
+        None  # an archive of dcgan.data.sources.ARCHIVES, used for a mirror: path when no mirror is set
+    )
     labels: str = "none"  # none | subfolder (Keras convention) | prefix (data.label_pattern)
     label_pattern: str = "^([^_]+)_"  # regex whose first group is the class, for labels=prefix
     test_fraction: float = 0.1  # held out, chosen by a hash of each file's path
@@ -67,8 +69,16 @@ class DataConfig:
         _require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
         _require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
         _require(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
-        _require(list(self.pixel_range) in PIXEL_RANGES, "data.pixel_range", f"must be [-1, 1] or [0, 1], got {list(self.pixel_range)}")
-        _require(self.labels in LABEL_SOURCES, "data.labels", f"must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}")
+        _require(
+            list(self.pixel_range) in PIXEL_RANGES,
+            "data.pixel_range",
+            f"must be [-1, 1] or [0, 1], got {list(self.pixel_range)}",
+        )
+        _require(
+            self.labels in LABEL_SOURCES,
+            "data.labels",
+            f"must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}",
+        )
         _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _require(0.0 <= self.max_skipped_fraction <= 1.0, "data.max_skipped_fraction", "must be in [0, 1]")
         _require(self.source != "image_folder" or bool(self.path), "data.path", "an image_folder source needs a folder")
@@ -87,7 +97,10 @@ class DataConfig:
             return Path(self.path).expanduser()
         mirror = self.mirror_dir()
         if mirror is None:
-            raise UserError(f"config key data.path: {self.path!r} is inside the dataset mirror, but none is set (data.mirror or ${MIRROR_ENV})")
+            raise UserError(
+                f"config key data.path: {self.path!r} is inside the dataset mirror, but none is set "
+                f"(data.mirror or ${MIRROR_ENV})"
+            )
         return mirror / self.path[len(MIRROR_PREFIX) :]
 
 
@@ -105,7 +118,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
         _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
-        _require(self.d_output in ("logits", "sigmoid"), "model.d_output", f"must be logits or sigmoid, got {self.d_output!r}")
+        _require(
+            self.d_output in ("logits", "sigmoid"),
+            "model.d_output",
+            f"must be logits or sigmoid, got {self.d_output!r}",
+        )
         _require(self.filters >= 1, "model.filters", f"must be at least 1, got {self.filters}")
 
     def d_activation(self) -> Optional[str]:
@@ -143,11 +160,20 @@ class RadfordModel(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.max_filters >= self.filters, "model.max_filters", f"must be >= model.filters ({self.filters}), got {self.max_filters}")
+        _require(
+            self.max_filters >= self.filters,
+            "model.max_filters",
+            f"must be >= model.filters ({self.filters}), got {self.max_filters}",
+        )
         _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
 
 
-MODEL_SETTINGS = {"dcgan_mnist": TutorialModel, "dcgan_fashion": DropoutModel, "dcgan_rgb128": DropoutModel, "dcgan": RadfordModel}
+MODEL_SETTINGS = {
+    "dcgan_mnist": TutorialModel,
+    "dcgan_fashion": DropoutModel,
+    "dcgan_rgb128": DropoutModel,
+    "dcgan": RadfordModel,
+}
 
 
 @dataclass
@@ -202,7 +228,9 @@ class TrainConfig:
     lr_decay: float = 0.5  # > 0: both learning rates fall linearly to 0 over this last share of the steps
     r1_gamma: float = 0.1  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
     r1_interval: int = 16  # applied every this many steps, scaled to match (lazy, as in StyleGAN2)
-    augment: List[str] = field(default_factory=list)  # DiffAugment on D's inputs: any of AUGMENTATIONS, applied in order
+    augment: List[str] = field(
+        default_factory=list
+    )  # DiffAugment on D's inputs: any of AUGMENTATIONS, applied in order
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.precision)
     strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
@@ -210,28 +238,72 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
-        _require(self.iterations is None or self.iterations >= 1, "train.iterations", f"must be positive or null, got {self.iterations}")
-        _require(self.interval is None or self.interval >= 1, "train.interval", f"must be positive or null, got {self.interval}")
-        _require(self.interval_epochs is None or self.interval_epochs >= 1, "train.interval_epochs", f"must be positive or null, got {self.interval_epochs}")
-        _require(self.interval is None or self.interval_epochs is None, "train.interval_epochs", "set train.interval (steps) or train.interval_epochs, not both")
+        _require(
+            self.iterations is None or self.iterations >= 1,
+            "train.iterations",
+            f"must be positive or null, got {self.iterations}",
+        )
+        _require(
+            self.interval is None or self.interval >= 1,
+            "train.interval",
+            f"must be positive or null, got {self.interval}",
+        )
+        _require(
+            self.interval_epochs is None or self.interval_epochs >= 1,
+            "train.interval_epochs",
+            f"must be positive or null, got {self.interval_epochs}",
+        )
+        _require(
+            self.interval is None or self.interval_epochs is None,
+            "train.interval_epochs",
+            "set train.interval (steps) or train.interval_epochs, not both",
+        )
         _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
-        _require(self.resume in ("auto", "always", "never"), "train.resume", f"must be auto, always or never, got {self.resume!r}")
+        _require(
+            self.resume in ("auto", "always", "never"),
+            "train.resume",
+            f"must be auto, always or never, got {self.resume!r}",
+        )
         _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
-        _require(self.strategy in ("default", "mirrored"), "train.strategy", f"must be default or mirrored, got {self.strategy!r}")
+        _require(
+            self.strategy in ("default", "mirrored"),
+            "train.strategy",
+            f"must be default or mirrored, got {self.strategy!r}",
+        )
         _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
-        _require(self.threads is None or self.threads >= 1, "train.threads", f"must be positive or null, got {self.threads}")
-        _require(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _require(
+            self.threads is None or self.threads >= 1, "train.threads", f"must be positive or null, got {self.threads}"
+        )
+        _require(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
         _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
-        _require(0.0 <= self.label_smoothing < 0.5, "train.label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        _require(
+            0.0 <= self.label_smoothing < 0.5,
+            "train.label_smoothing",
+            f"must be in [0, 0.5), got {self.label_smoothing}",
+        )
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
         _require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
         _require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
         unknown = [name for name in self.augment if name not in AUGMENTATIONS]
-        _require(not unknown, "train.augment", f"unknown augmentation {unknown[0] if unknown else ''!r}: choose from {', '.join(AUGMENTATIONS)}")
-        _require(len(set(self.augment)) == len(self.augment), "train.augment", f"lists an augmentation twice: {list(self.augment)}")
-        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}")
+        _require(
+            not unknown,
+            "train.augment",
+            f"unknown augmentation {unknown[0] if unknown else ''!r}: choose from {', '.join(AUGMENTATIONS)}",
+        )
+        _require(
+            len(set(self.augment)) == len(self.augment),
+            "train.augment",
+            f"lists an augmentation twice: {list(self.augment)}",
+        )
+        _require(
+            self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}"
+        )
         _require_seed(self.seed, "train.seed")
         _require_seed(self.sample_seed, "train.sample_seed")
 
@@ -274,7 +346,9 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "width", "features"):
-            _require(getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}")
+            _require(
+                getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}"
+            )
         _require(self.max_size >= 8, "metrics.classifier.max_size", f"must be at least 8, got {self.max_size}")
         _require(self.min_steps >= 0, "metrics.classifier.min_steps", f"must be at least 0, got {self.min_steps}")
         _require_seed(self.seed, "metrics.classifier.seed")
@@ -294,7 +368,11 @@ class MetricsConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
-        _require(self.features in ("classifier", "inception"), "metrics.features", f"must be classifier or inception, got {self.features!r}")
+        _require(
+            self.features in ("classifier", "inception"),
+            "metrics.features",
+            f"must be classifier or inception, got {self.features!r}",
+        )
         _require(self.every >= 0, "metrics.every", f"must be >= 0, got {self.every}")
         for key in ("k_precision", "k_density"):
             _require(getattr(self, key) >= 1, f"metrics.{key}", f"must be at least 1, got {getattr(self, key)}")
@@ -302,7 +380,8 @@ class MetricsConfig:
             _require(getattr(self, key) >= 2, f"metrics.{key}", f"must be at least 2, got {getattr(self, key)}")
         _require(
             self.train_samples > self.k_density and self.train_samples > self.k_precision,
-            "metrics.train_samples", "must exceed the k of the k-NN metrics",
+            "metrics.train_samples",
+            "must exceed the k of the k-NN metrics",
         )
 
 
@@ -358,10 +437,21 @@ class GenerateConfig:
         _require(self.num_images >= 1, "generate.num_images", f"must be at least 1, got {self.num_images}")
         _require(not self.seeds or all(seed >= 0 for seed in self.seeds), "generate.seeds", "must be non-negative")
         _require_seed(self.seed, "generate.seed")
-        _require(self.truncation is None or self.truncation > 0, "generate.truncation", f"must be positive or null, got {self.truncation}")
-        _require(self.interpolation_steps >= 0, "generate.interpolation_steps", f"must be >= 0, got {self.interpolation_steps}")
-        _require(self.grid or self.png or self.npy or self.interpolation_steps > 0, "generate",
-                 "nothing to write: set grid, png or npy to true, or interpolation_steps > 0")
+        _require(
+            self.truncation is None or self.truncation > 0,
+            "generate.truncation",
+            f"must be positive or null, got {self.truncation}",
+        )
+        _require(
+            self.interpolation_steps >= 0,
+            "generate.interpolation_steps",
+            f"must be >= 0, got {self.interpolation_steps}",
+        )
+        _require(
+            self.grid or self.png or self.npy or self.interpolation_steps > 0,
+            "generate",
+            "nothing to write: set grid, png or npy to true, or interpolation_steps > 0",
+        )
 
 
 @dataclass
@@ -419,10 +509,18 @@ def validate(cfg: DictConfig | dict) -> Config:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         raise UserError(f"config key {key}: {_short(exc)}") from None
     architecture = model.get("name")
-    _require(architecture in MODEL_SETTINGS, "model.name", f"unknown architecture {architecture!r} (choose from {', '.join(MODEL_SETTINGS)})")
+    _require(
+        architecture in MODEL_SETTINGS,
+        "model.name",
+        f"unknown architecture {architecture!r} (choose from {', '.join(MODEL_SETTINGS)})",
+    )
     config.model = _typed(MODEL_SETTINGS[architecture], model, "model")
     name = config.optimizer.name
-    _require(name in OPTIMIZER_SETTINGS, "optimizer.name", f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_SETTINGS)})")
+    _require(
+        name in OPTIMIZER_SETTINGS,
+        "optimizer.name",
+        f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_SETTINGS)})",
+    )
     for network in ("generator", "discriminator"):
         setattr(config.optimizer, network, _optimizer_settings(name, network, optimizer.get(network)))
     return config
@@ -455,7 +553,18 @@ EXTENDS_RUN = ("train.epochs", "train.iterations")
 RESCORES_RUN = ("metrics",)
 # - none: where data comes from or goes to, how often to score, what evaluate does
 _NO_EFFECT_ON_DATA = ("data.mirror", "data.urls", "data.download", "data.shards")
-NO_EFFECT_ON_RUN = (*_NO_EFFECT_ON_DATA, "train.resume", "train.keep_checkpoints", "train.threads", "metrics.every", "evaluate", "tracking", "paths", "search", "generate")
+NO_EFFECT_ON_RUN = (
+    *_NO_EFFECT_ON_DATA,
+    "train.resume",
+    "train.keep_checkpoints",
+    "train.threads",
+    "metrics.every",
+    "evaluate",
+    "tracking",
+    "paths",
+    "search",
+    "generate",
+)
 
 
 def _matches(key: str, names: tuple[str, ...]) -> bool:

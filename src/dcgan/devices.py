@@ -32,8 +32,10 @@ def split_cpu(devices: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
     except RuntimeError:
-        raise UserError("config key train.cpu_devices: TensorFlow was already initialised in this process; "
-                        "run the train stage on its own (prepare first)") from None
+        raise UserError(
+            "config key train.cpu_devices: TensorFlow was already initialised in this process; "
+            "run the train stage on its own (prepare first)"
+        ) from None
 
 
 def limit_threads(threads: int | None) -> None:
@@ -47,8 +49,10 @@ def limit_threads(threads: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         if tf.config.threading.get_intra_op_parallelism_threads() != threads:
-            raise UserError("config key train.threads: TensorFlow was already initialised in this process with "
-                            f"{tf.config.threading.get_intra_op_parallelism_threads()} threads") from None
+            raise UserError(
+                "config key train.threads: TensorFlow was already initialised in this process with "
+                f"{tf.config.threading.get_intra_op_parallelism_threads()} threads"
+            ) from None
 
 
 def distribution(strategy: str) -> tf.distribute.Strategy:

@@ -14,10 +14,10 @@ import keras
 import tensorflow as tf
 
 from dcgan.config import ClassifierConfig, Config, flatten, to_dict
+from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import manifest_sha256, normalize, read_split
 from dcgan.files import locked, write_json
 from dcgan.models.classifier import build_classifier, with_features
-from dcgan.data.prepare import prepared_dataset
 from dcgan.signals import StopAtSignal, stop_signals
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,10 @@ REPORT = "classifier.json"
 
 
 def _identity(config: Config, prepared: Path) -> dict:
-    return {"data.manifest_sha256": manifest_sha256(prepared), **flatten({"metrics.classifier": to_dict(config)["metrics"]["classifier"]})}
+    return {
+        "data.manifest_sha256": manifest_sha256(prepared),
+        **flatten({"metrics.classifier": to_dict(config)["metrics"]["classifier"]}),
+    }
 
 
 def _labelled(prepared: Path, manifest: dict, split: str, batch_size: int, seed: int | None = None) -> tf.data.Dataset:
@@ -50,23 +53,35 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if report["num_classes"] < 2:
-        log.warning("%s has no class labels: no domain classifier, so no classifier-based quality metrics "
-                    "(set data.labels, or metrics.features=inception)", config.data.name)
+        log.warning(
+            "%s has no class labels: no domain classifier, so no classifier-based quality metrics "
+            "(set data.labels, or metrics.features=inception)",
+            config.data.name,
+        )
         report["classifier_accuracy"] = None
         write_json(folder / REPORT, report)
         return report
     steps_per_epoch = -(-manifest["splits"]["train"]["count"] // settings.batch_size)
     report["epochs"] = training_epochs(settings, steps_per_epoch)
-    log.info("training the domain classifier for %s (%d classes, %d epochs), cached in %s",
-             config.data.name, report["num_classes"], report["epochs"], folder)
+    log.info(
+        "training the domain classifier for %s (%d classes, %d epochs), cached in %s",
+        config.data.name,
+        report["num_classes"],
+        report["epochs"],
+        folder,
+    )
     # Keras' own seeding, not set_global_seed: this stage builds no tensor-seeded shuffle, and
     # TF global seed 0 (metrics.classifier.seed's default) is what every classifier behind
     # the scores in docs/results.md was trained with.
     keras.utils.set_random_seed(settings.seed)
     with stop_signals as stop:
-        at_signal = StopAtSignal(stop, f"stopped while training the domain classifier ({folder} is not kept); rerun the same command")
+        at_signal = StopAtSignal(
+            stop, f"stopped while training the domain classifier ({folder} is not kept); rerun the same command"
+        )
         classifier = build_classifier(tuple(manifest["image_shape"]), report["num_classes"], settings)
-        classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         stop.check(at_signal.consequence)
         classifier.fit(
             _labelled(prepared, manifest, "train", settings.batch_size, settings.seed),

@@ -111,7 +111,9 @@ def locked(folder: Path, shared: bool = False, wait: bool = False) -> Iterator[N
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise UserError(f"{folder}: in use by another process ({holder}); wait for it to finish or stop it") from None
+            raise UserError(
+                f"{folder}: in use by another process ({holder}); wait for it to finish or stop it"
+            ) from None
         if _same_file(handle, lock_file):
             break
         handle.close()  # its last holder removed that file meanwhile: lock the one at the path now

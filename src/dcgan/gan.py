@@ -26,7 +26,9 @@ class SkipNonFiniteSteps(keras.optimizers.LossScaleOptimizer):
         self.scaling = scaling
 
     def build(self, var_list):
-        self.skipped_steps = self.add_variable(shape=(), dtype="int", initializer="zeros", aggregation="none", name="skipped_steps")
+        self.skipped_steps = self.add_variable(
+            shape=(), dtype="int", initializer="zeros", aggregation="none", name="skipped_steps"
+        )
         super().build(var_list)
 
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
@@ -67,9 +69,21 @@ class GAN(keras.Model):
     (``d_fake``) images, and under mixed precision ``skipped_steps`` (``SkipNonFiniteSteps``).
     """
 
-    def __init__(self, generator: keras.Model, discriminator: keras.Model, latent_dim: int, seed: int, label_noise: float = 0.0,
-                 label_smoothing: float = 0.0, ema_decay: float = 0.0, joint_batch: bool = False, r1_gamma: float = 0.0,
-                 r1_interval: int = 1, augment: tuple[str, ...] = (), **kwargs):
+    def __init__(
+        self,
+        generator: keras.Model,
+        discriminator: keras.Model,
+        latent_dim: int,
+        seed: int,
+        label_noise: float = 0.0,
+        label_smoothing: float = 0.0,
+        ema_decay: float = 0.0,
+        joint_batch: bool = False,
+        r1_gamma: float = 0.0,
+        r1_interval: int = 1,
+        augment: tuple[str, ...] = (),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
@@ -86,7 +100,12 @@ class GAN(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss", "d_real", "d_fake")}
         self.built = True  # both networks are; Keras must not build this model by calling it on images
 
-    def compile(self, d_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, loss_fn: keras.losses.BinaryCrossentropy):
+    def compile(
+        self,
+        d_optimizer: keras.optimizers.Optimizer,
+        g_optimizer: keras.optimizers.Optimizer,
+        loss_fn: keras.losses.BinaryCrossentropy,
+    ):
         super().compile()
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
@@ -108,7 +127,9 @@ class GAN(keras.Model):
             real_out, fake_out = self._discriminate(real_images, fake_images)
             # G wants its images scored real; D wants each half scored as what it is.
             g_loss = self.loss_fn(tf.ones_like(fake_out), fake_out)
-            d_loss = self.loss_fn(self._targets(True, real_out), real_out) + self.loss_fn(self._targets(False, fake_out), fake_out)
+            d_loss = self.loss_fn(self._targets(True, real_out), real_out) + self.loss_fn(
+                self._targets(False, fake_out), fake_out
+            )
             # The identity except under mixed_float16's loss scaling, which the optimizer undoes.
             scaled_g_loss, scaled_d_loss = self.g_optimizer.scale_loss(g_loss), self.d_optimizer.scale_loss(d_loss)
         # Both networks' gradients from the one forward pass; D's with the R1 penalty's added.
@@ -198,7 +219,9 @@ class GAN(keras.Model):
         self.trackers["d_real"].update_state(tf.reduce_mean(self.probability(real_out)))
         self.trackers["d_fake"].update_state(tf.reduce_mean(self.probability(fake_out)))
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-        skipping = [opt.skipped_steps for opt in (self.d_optimizer, self.g_optimizer) if isinstance(opt, SkipNonFiniteSteps)]
+        skipping = [
+            opt.skipped_steps for opt in (self.d_optimizer, self.g_optimizer) if isinstance(opt, SkipNonFiniteSteps)
+        ]
         if skipping:
             logs["skipped_steps"] = tf.add_n(skipping)
         return logs

@@ -31,6 +31,7 @@ def diversity_ratio(real: np.ndarray, fake: np.ndarray) -> float:
 
     About 1 when samples vary as much as the data; near 0 under mode collapse.
     """
+
     def spread(images: np.ndarray) -> float:
         return float(pdist(images.reshape(len(images), -1).astype(np.float64)).mean())
 
@@ -107,8 +108,14 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray, eps: float = 1e-6) -> f
     return float(diff @ diff + np.trace(sigma_r) + np.trace(sigma_f) - 2.0 * np.trace(covmean))
 
 
-def kernel_distance(real: np.ndarray, fake: np.ndarray, subset_size: int = 1000,
-                    subsets: int = 100, seed: int = 0, batch_size: int = 1000) -> float:
+def kernel_distance(
+    real: np.ndarray,
+    fake: np.ndarray,
+    subset_size: int = 1000,
+    subsets: int = 100,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> float:
     """Kernel distance (KID): unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3.
 
     For subsets X (fake) and Y (real) of size m = min(subset_size, n_real, n_fake), drawn
@@ -172,8 +179,7 @@ def knn_radii(features: np.ndarray, k: int, batch_size: int = 1000) -> np.ndarra
     return radii
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
-                     batch_size: int = 1000) -> dict[str, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, batch_size: int = 1000) -> dict[str, float]:
     """Improved precision and recall of the fake set against the real one.
 
     precision = (1/M) sum_j 1[exists i: ||f_j - r_i|| <= NND_k(r_i)]
@@ -193,8 +199,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
     return {"precision": float(fake_covered.mean()), "recall": float(real_covered.mean())}
 
 
-def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5,
-                     batch_size: int = 1000) -> dict[str, float]:
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, batch_size: int = 1000) -> dict[str, float]:
     """Density and coverage of the fake set against the real one (radii from real only).
 
     density  = 1/(k M) sum_j sum_i 1[||f_j - r_i|| < NND_k(r_i)]
@@ -247,10 +252,20 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), _EPS)
 
 
-def quality_metrics(real_features: np.ndarray, fake_features: np.ndarray, fake_probs: np.ndarray,
-                    real_classes: np.ndarray, num_classes: int, *, k_precision: int = 3,
-                    k_density: int = 5, kid_subset_size: int = 1000, kid_subsets: int = 100,
-                    seed: int = 0, batch_size: int = 1000) -> dict:
+def quality_metrics(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    fake_probs: np.ndarray,
+    real_classes: np.ndarray,
+    num_classes: int,
+    *,
+    k_precision: int = 3,
+    k_density: int = 5,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict:
     """All the feature-space quality metrics above, for one set of generated samples.
 
     Keys: fid, kid, classifier_score, precision, recall, density, coverage, modes_covered,
@@ -264,8 +279,7 @@ def quality_metrics(real_features: np.ndarray, fake_features: np.ndarray, fake_p
     real_unit, fake_unit = unit_rows(real_features), unit_rows(fake_features)
     return {
         "fid": frechet_distance(real_features, fake_features),
-        "kid": kernel_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed,
-                               batch_size),
+        "kid": kernel_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed, batch_size),
         "classifier_score": classifier_score(fake_probs),
         **precision_recall(real_unit, fake_unit, k_precision, batch_size),
         **density_coverage(real_unit, fake_unit, k_density, batch_size),

@@ -62,10 +62,14 @@ def load_trained(path: Path) -> keras.Model:
     if not path.is_file():
         raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
     if not zipfile.is_zipfile(path):  # Keras itself calls a truncated archive "File not found"
-        raise UserError(f"{path}: not a readable Keras model (truncated or damaged: not a complete .keras archive); "
-                        "rerun the train stage (dvc repro -f train)")
+        raise UserError(
+            f"{path}: not a readable Keras model (truncated or damaged: not a complete .keras archive); "
+            "rerun the train stage (dvc repro -f train)"
+        )
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to KeyError
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)") from None
+        raise UserError(
+            f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)"
+        ) from None

@@ -90,23 +90,29 @@ def probe(policy: str) -> float:
     policy themselves: the global policy and random state are left alone."""
     dtype = "float32" if policy == "fp32" else policy
     init = keras.initializers.RandomNormal(stddev=0.02, seed=0)
-    generator = keras.Sequential([
-        keras.Input((100,)),
-        keras.layers.Dense(7 * 7 * 128, use_bias=False, kernel_initializer=init, dtype=dtype),
-        keras.layers.Reshape((7, 7, 128), dtype=dtype),
-        keras.layers.Conv2DTranspose(64, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
-        keras.layers.LeakyReLU(dtype=dtype),
-        keras.layers.Conv2DTranspose(1, 5, strides=2, padding="same", activation="tanh", kernel_initializer=init, dtype=dtype),
-    ])
-    discriminator = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(64, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
-        keras.layers.LeakyReLU(dtype=dtype),
-        keras.layers.Conv2D(128, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
-        keras.layers.LeakyReLU(dtype=dtype),
-        keras.layers.Flatten(dtype=dtype),
-        keras.layers.Dense(1, kernel_initializer=init, dtype=dtype),
-    ])
+    generator = keras.Sequential(
+        [
+            keras.Input((100,)),
+            keras.layers.Dense(7 * 7 * 128, use_bias=False, kernel_initializer=init, dtype=dtype),
+            keras.layers.Reshape((7, 7, 128), dtype=dtype),
+            keras.layers.Conv2DTranspose(64, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
+            keras.layers.LeakyReLU(dtype=dtype),
+            keras.layers.Conv2DTranspose(
+                1, 5, strides=2, padding="same", activation="tanh", kernel_initializer=init, dtype=dtype
+            ),
+        ]
+    )
+    discriminator = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(64, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
+            keras.layers.LeakyReLU(dtype=dtype),
+            keras.layers.Conv2D(128, 5, strides=2, padding="same", kernel_initializer=init, dtype=dtype),
+            keras.layers.LeakyReLU(dtype=dtype),
+            keras.layers.Flatten(dtype=dtype),
+            keras.layers.Dense(1, kernel_initializer=init, dtype=dtype),
+        ]
+    )
     noise = tf.random.stateless_normal((PROBE_BATCH, 100), seed=(0, 0))
     real = tf.random.stateless_uniform((PROBE_BATCH, 28, 28, 1), seed=(0, 1), minval=-1.0, maxval=1.0)
     variables = generator.trainable_variables + discriminator.trainable_variables
@@ -155,7 +161,9 @@ def resolve_precision(requested: str) -> Precision:
     figures = {name: round(probe(name), 1) for name in options} if len(options) > 1 else {}
     choice = decide(figures) if figures else options[0]
     try:
-        write_json(path, {**(cached if isinstance(cached, dict) else {}), key: {"choice": choice, "images_per_sec": figures}})
+        write_json(
+            path, {**(cached if isinstance(cached, dict) else {}), key: {"choice": choice, "images_per_sec": figures}}
+        )
     except OSError as exc:  # an unwritable cache costs a probe per run, nothing more
         log.warning("precision: cannot write the cache %s (%s)", path, exc.strerror)
     return Precision(choice, requested, figures, "measured")

@@ -26,8 +26,10 @@ def enter_root(script: str) -> Path:
     if root is None:
         own = find_root(Path(script).parent)
         where = f"cd {own}" if own else "cd into the project folder"
-        raise UserError(f"{cwd}: not inside a project (no {MARKER} here or in a parent folder); {where}, "
-                        f"or make this folder one by copying {MARKER} into it")
+        raise UserError(
+            f"{cwd}: not inside a project (no {MARKER} here or in a parent folder); {where}, "
+            f"or make this folder one by copying {MARKER} into it"
+        )
     if root != cwd.resolve():
         os.chdir(root)
     return root

@@ -20,15 +20,27 @@ from dcgan.data.pipeline import load_images
 from dcgan.domain_classifier import classifier_for
 from dcgan.errors import UserError
 
-QUALITY_KEYS = ("fid", "kid", "classifier_score", "precision", "recall", "density", "coverage", "modes_covered", "mode_kl",
-                "smallest_class_share")
+QUALITY_KEYS = (
+    "fid",
+    "kid",
+    "classifier_score",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "modes_covered",
+    "mode_kl",
+    "smallest_class_share",
+)
 BATCH = 250
 
 
 class FeatureSpace:
     """Images in the data's pixel range -> (features, class probabilities)."""
 
-    def __init__(self, network: keras.Model, pixel_range: list[float], accuracy: float | None = None, inception: bool = False):
+    def __init__(
+        self, network: keras.Model, pixel_range: list[float], accuracy: float | None = None, inception: bool = False
+    ):
         self.network = network
         self.pixel_range = pixel_range
         self.accuracy = accuracy  # the domain classifier's test accuracy
@@ -74,7 +86,11 @@ def feature_space(config: Config, prepared: Path, manifest: dict) -> FeatureSpac
     if config.metrics.features == "inception":
         return inception_space(manifest["normalization"]["range"])
     classifier = classifier_for(config, prepared, manifest)
-    return None if classifier is None else FeatureSpace(classifier[0], manifest["normalization"]["range"], accuracy=classifier[1])
+    return (
+        None
+        if classifier is None
+        else FeatureSpace(classifier[0], manifest["normalization"]["range"], accuracy=classifier[1])
+    )
 
 
 def scorer_for(config: Config, prepared: Path, manifest: dict, count: int) -> Scorer | None:
@@ -107,9 +123,15 @@ class Scorer:
             return {key: float("nan") for key in QUALITY_KEYS}
         settings = self.settings
         scores = metrics.quality_metrics(
-            self.real_features, features, probs, self.real_classes, self.num_classes,
-            k_precision=settings.k_precision, k_density=settings.k_density,
-            kid_subset_size=settings.kid_subset_size, kid_subsets=settings.kid_subsets,
+            self.real_features,
+            features,
+            probs,
+            self.real_classes,
+            self.num_classes,
+            k_precision=settings.k_precision,
+            k_density=settings.k_density,
+            kid_subset_size=settings.kid_subset_size,
+            kid_subsets=settings.kid_subsets,
         )
         return {key: float(scores[key]) for key in QUALITY_KEYS}
 
@@ -120,4 +142,6 @@ class Scorer:
 
 def generate(generator: keras.Model, noise: np.ndarray) -> np.ndarray:
     """The generator's images for ``noise``, in batches, in inference mode."""
-    return np.concatenate([np.asarray(generator(noise[i : i + BATCH], training=False)) for i in range(0, len(noise), BATCH)])
+    return np.concatenate(
+        [np.asarray(generator(noise[i : i + BATCH], training=False)) for i in range(0, len(noise), BATCH)]
+    )

@@ -48,7 +48,10 @@ class Schedule:
         train = config.train
         per_pass = train_count // train.batch_size
         if per_pass == 0:
-            raise UserError(f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in {prepared}")
+            raise UserError(
+                f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in "
+                f"{prepared}"
+            )
         interval = train.interval or (train.interval_epochs or 1) * per_pass
         total = train.iterations or train.epochs * per_pass
         if total % interval:
@@ -67,8 +70,9 @@ def identity_of(config: Config, manifest: dict, schedule: Schedule) -> dict:
     return identity
 
 
-def resume_or_start(config: Config, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir,
-                    out: TrainOutputs) -> RunState:
+def resume_or_start(
+    config: Config, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir, out: TrainOutputs
+) -> RunState:
     """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
     discards the old checkpoint, grids and best generator and marks the MLflow run of a
     killed process KILLED (this process holds the folder's lock: nothing else runs it); the
@@ -83,7 +87,12 @@ def resume_or_start(config: Config, identity: dict, schedule: Schedule, gan: ker
         reason = _why_start_over(state, identity, config, schedule.total_steps, checkpoints.folder)
         if reason is None:
             state = checkpoints.restore(gan.state_variables(), state)
-            log.info("resuming from %s after round %d (step %d)", checkpoints.folder / state.checkpoint, state.rounds, state.step)
+            log.info(
+                "resuming from %s after round %d (step %d)",
+                checkpoints.folder / state.checkpoint,
+                state.rounds,
+                state.step,
+            )
             return state
         log.warning(reason)
     elif config.train.resume == "always":
@@ -116,12 +125,16 @@ def _why_start_over(state: RunState, identity: dict, config: Config, total_steps
         key = changed[0]
         raise UserError(
             f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {folder} "
-            f"({state.identity.get(key)!r}" + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "") + ")"
+            f"({state.identity.get(key)!r}"
+            + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "")
+            + ")"
         )
     if changed in ([], ["train.total_steps"]) and state.step > total_steps:
         raise UserError(
-            f"{folder}: holds a run trained for {state.step} steps ({state.rounds} rounds), more than the {total_steps} "
-            f"asked for (train.epochs / train.iterations); ask for at least {state.step} steps to keep it, or {START_OVER} (discarding it)"
+            f"{folder}: holds a run trained for {state.step} steps ({state.rounds} rounds), more than the "
+            f"{total_steps} "
+            f"asked for (train.epochs / train.iterations); ask for at least {state.step} steps to keep it, or "
+            f"{START_OVER} (discarding it)"
         )
     if changed:
         return f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
@@ -135,8 +148,15 @@ def _recorded_run_id(run_info: Path) -> str | None:
         return None
 
 
-def rescore_if_changed(config: Config, state: RunState, schedule: Schedule, gan: keras.Model, scorer: Scorer | None,
-                       noise: np.ndarray, checkpoints: CheckpointDir) -> None:
+def rescore_if_changed(
+    config: Config,
+    state: RunState,
+    schedule: Schedule,
+    gan: keras.Model,
+    scorer: Scorer | None,
+    noise: np.ndarray,
+    checkpoints: CheckpointDir,
+) -> None:
     """After a change of metrics.*: score the best generator (and, for a run with nothing
     left to train, the last) again, so the best round and the final scores are current;
     the earlier rounds' rows in the history keep the scores of their time."""
@@ -146,12 +166,19 @@ def rescore_if_changed(config: Config, state: RunState, schedule: Schedule, gan:
         return
     changed = ", ".join(_differences(previous, scoring))
     if scorer is None:
-        log.warning("metrics settings changed since the checkpoint (%s); with no in-training scores now, "
-                    "the history keeps its old ones", changed)
+        log.warning(
+            "metrics settings changed since the checkpoint (%s); with no in-training scores now, "
+            "the history keeps its old ones",
+            changed,
+        )
         return
     complete = state.step >= schedule.total_steps
-    log.warning("metrics settings changed since the checkpoint (%s): rescoring the best%s generator; "
-                "earlier rows of the history keep their old scores", changed, " and the last" if complete else "")
+    log.warning(
+        "metrics settings changed since the checkpoint (%s): rescoring the best%s generator; "
+        "earlier rows of the history keep their old scores",
+        changed,
+        " and the last" if complete else "",
+    )
     best = checkpoints.best_generator(state)
     if best is not None and best.is_file():
         state.best["fid"] = round(scorer.score(generate(keras.models.load_model(best, compile=False), noise))["fid"], 6)

@@ -108,7 +108,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: Any) -> None:
     """Record a finished job: its best in-training FID, pruned, or failed (an exception)."""
     if isinstance(result, BaseException) or not isinstance(result, dict) or "best_fid" not in result:
         study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, result if isinstance(result, BaseException) else "no in-training FID")
+        log.warning(
+            "trial %d failed: %s", trial.number, result if isinstance(result, BaseException) else "no in-training FID"
+        )
         return
     if result.get("pruned"):
         study.tell(trial, state=TrialState.PRUNED)
@@ -128,6 +130,16 @@ def write_best(path: Path, study: optuna.Study, fixed: list[str]) -> str | None:
         "dvc": "dvc exp run " + " ".join(f"-S {shlex.quote(o)}" for o in overrides),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"study": study.study_name, "trial": best.number, "best_fid": best.value,
-                                    "overrides": overrides, "commands": commands}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "study": study.study_name,
+                "trial": best.number,
+                "best_fid": best.value,
+                "overrides": overrides,
+                "commands": commands,
+            },
+            sort_keys=False,
+        )
+    )
     return "\n".join(commands.values())

@@ -79,9 +79,13 @@ class ServerFolder:
 
 def _postgres_bin(program: str) -> str:
     """A PostgreSQL server program: on PATH, else Debian's versioned folder (newest)."""
-    found = shutil.which(program) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"), reverse=True)), None)
+    found = shutil.which(program) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"), reverse=True)), None
+    )
     if found is None:
-        raise UserError(f"{program}: PostgreSQL's server programs are not installed (Debian: apt-get install postgresql)")
+        raise UserError(
+            f"{program}: PostgreSQL's server programs are not installed (Debian: apt-get install postgresql)"
+        )
     return found
 
 
@@ -108,8 +112,11 @@ def _prepare_postgres_folder(folder: ServerFolder) -> None:
     shutil.chown(folder.postgres, ROOT_DB_ACCOUNT, ROOT_DB_ACCOUNT)
     folder.postgres.chmod(0o700)
     if subprocess.run(_as_db_account(["test", "-w", str(folder.postgres)])).returncode != 0:
-        raise UserError(f"{folder.postgres}: the '{ROOT_DB_ACCOUNT}' account PostgreSQL runs as cannot reach it "
-                        "(PostgreSQL refuses to run as root); let others search its parent folders (chmod o+x) or run as a normal user")
+        raise UserError(
+            f"{folder.postgres}: the '{ROOT_DB_ACCOUNT}' account PostgreSQL runs as cannot reach it "
+            "(PostgreSQL refuses to run as root); let others search its parent folders (chmod o+x) or run as a "
+            "normal user"
+        )
 
 
 def _write_private(path: Path, secret: str) -> None:
@@ -131,8 +138,20 @@ def _initialise_cluster(folder: ServerFolder) -> None:
     if os.geteuid() == 0:
         shutil.chown(password_copy, ROOT_DB_ACCOUNT, ROOT_DB_ACCOUNT)
     try:
-        _run_postgres([_postgres_bin("initdb"), "-D", str(building), "-U", DB_USER, f"--pwfile={password_copy}",
-                       "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"], "initdb")
+        _run_postgres(
+            [
+                _postgres_bin("initdb"),
+                "-D",
+                str(building),
+                "-U",
+                DB_USER,
+                f"--pwfile={password_copy}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            "initdb",
+        )
     finally:
         password_copy.unlink(missing_ok=True)
     with open(building / "postgresql.conf", "a") as conf:
@@ -146,8 +165,15 @@ def _check_database(folder: ServerFolder, db_port: int) -> None:
     import psycopg
 
     try:
-        connection = psycopg.connect(host=HOST, port=db_port, user=DB_USER, password=folder.password(), dbname="postgres",
-                                     connect_timeout=10, autocommit=True)
+        connection = psycopg.connect(
+            host=HOST,
+            port=db_port,
+            user=DB_USER,
+            password=folder.password(),
+            dbname="postgres",
+            connect_timeout=10,
+            autocommit=True,
+        )
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise UserError(f"PostgreSQL at {HOST}:{db_port} (password from {folder.password_file}): {reason}") from None
@@ -159,7 +185,9 @@ def _check_database(folder: ServerFolder, db_port: int) -> None:
 def _postgres_running(folder: ServerFolder) -> bool:
     if not folder.cluster.is_dir():
         return False
-    result = subprocess.run(_as_db_account([_postgres_bin("pg_ctl"), "status", "-D", str(folder.cluster)]), capture_output=True)
+    result = subprocess.run(
+        _as_db_account([_postgres_bin("pg_ctl"), "status", "-D", str(folder.cluster)]), capture_output=True
+    )
     return result.returncode == 0
 
 
@@ -174,7 +202,9 @@ def _pid_alive(pid: Optional[int]) -> bool:
 
 def _port_taken(port: int) -> bool:
     with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed port's TIME_WAIT is free
+        probe.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as servers bind: a closed port's TIME_WAIT is free
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -184,8 +214,11 @@ def _port_taken(port: int) -> bool:
 
 def _check_free(port: int, what: str, option: str) -> None:
     if _port_taken(port):
-        raise UserError(f"{HOST}:{port}: the port for {what} is in use by another process; stop that process or choose another port "
-                        f"({option})")
+        raise UserError(
+            f"{HOST}:{port}: the port for {what} is in use by another process; stop that process or choose "
+            "another port "
+            f"({option})"
+        )
 
 
 def _listens(pid: Optional[int], port: int) -> bool:
@@ -195,7 +228,9 @@ def _listens(pid: Optional[int], port: int) -> bool:
         ours = {pid, *(child.pid for child in family.children(recursive=True))}
     except (psutil.Error, ValueError, TypeError):
         return False
-    return any(c.pid in ours for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
+    return any(
+        c.pid in ours for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    )
 
 
 def _healthy(uri: str) -> bool:
@@ -216,8 +251,14 @@ def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 12
     folder = ServerFolder(root.resolve())
     folder.root.mkdir(parents=True, exist_ok=True)
     state = folder.state()
-    if state and (state["port"], state["db_port"]) != (port, db_port) and (_postgres_running(folder) or _pid_alive(state.get("pid"))):
-        raise UserError(f"{folder.root}: already serving on ports {state['port']}/{state['db_port']}; stop it first to change them")
+    if (
+        state
+        and (state["port"], state["db_port"]) != (port, db_port)
+        and (_postgres_running(folder) or _pid_alive(state.get("pid")))
+    ):
+        raise UserError(
+            f"{folder.root}: already serving on ports {state['port']}/{state['db_port']}; stop it first to change them"
+        )
     uri = f"http://{HOST}:{port}"
     server_running = _serving(state.get("pid"), port)
     postgres_running = _postgres_running(folder)
@@ -230,8 +271,23 @@ def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 12
     if not folder.cluster.is_dir():
         _initialise_cluster(folder)
     if not postgres_running:
-        _run_postgres([_postgres_bin("pg_ctl"), "start", "-D", str(folder.cluster), "-l", str(folder.postgres_log), "-w", "-t", "60",
-                       "-o", f"-p {db_port}"], f"PostgreSQL did not start on {HOST}:{db_port} (log: {folder.postgres_log})", folder.postgres_log)
+        _run_postgres(
+            [
+                _postgres_bin("pg_ctl"),
+                "start",
+                "-D",
+                str(folder.cluster),
+                "-l",
+                str(folder.postgres_log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {db_port}",
+            ],
+            f"PostgreSQL did not start on {HOST}:{db_port} (log: {folder.postgres_log})",
+            folder.postgres_log,
+        )
     _check_database(folder, db_port)
     if server_running:
         return uri
@@ -240,17 +296,33 @@ def start(root: Path, port: int = 5000, db_port: int = 5433, timeout: float = 12
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": folder.database_uri(db_port)}
     with open(folder.mlflow_log, "ab") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "2",
-             "--artifacts-destination", str(folder.artifacts)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--artifacts-destination",
+                str(folder.artifacts),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     write_json(folder.state_file, {"port": port, "db_port": db_port, "pid": server.pid})
     deadline = time.monotonic() + timeout
     while not _serving(server.pid, port):  # healthy and ours: another process's server on the port is not it
         if server.poll() is not None or time.monotonic() > deadline:
             _stop_server(server.pid)
-            lines = folder.mlflow_log.read_text(errors="replace").strip().splitlines()
-            raise UserError(f"the MLflow server did not start on {uri} (log: {folder.mlflow_log}): {lines[-1] if lines else 'no output'}")
+            lines = folder.mlflow_log.read_text(errors="replace").strip().splitlines() or ["no output"]
+            raise UserError(f"the MLflow server did not start on {uri} (log: {folder.mlflow_log}): {lines[-1]}")
         time.sleep(0.5)
     return uri
 
@@ -280,7 +352,9 @@ def stop(root: Path) -> None:
     folder = ServerFolder(root.resolve())
     _stop_server(folder.state().get("pid"))
     if _postgres_running(folder):
-        _run_postgres([_postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"], "PostgreSQL did not stop")
+        _run_postgres(
+            [_postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"], "PostgreSQL did not stop"
+        )
 
 
 def status(root: Path) -> str:
@@ -291,4 +365,7 @@ def status(root: Path) -> str:
     uri = f"http://{HOST}:{state['port']}"
     server = "running" if _serving(state.get("pid"), state["port"]) else "stopped"
     database = "running" if _postgres_running(folder) else "stopped"
-    return f"MLflow server {uri}: {server}; PostgreSQL {HOST}:{state['db_port']}: {database}; artifacts in {folder.artifacts}"
+    return (
+        f"MLflow server {uri}: {server}; PostgreSQL {HOST}:{state['db_port']}: {database}; "
+        f"artifacts in {folder.artifacts}"
+    )

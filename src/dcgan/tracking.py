@@ -77,8 +77,13 @@ def check_store(uri: str) -> None:
 
 
 # Where a project's own SQLite store records file locations: MLflow stores them absolute.
-_ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"),
-                     ("model_versions", "storage_location"), ("model_versions", "source"))
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
 
 
 def _follow_moved_project(store: Path) -> None:
@@ -92,19 +97,29 @@ def _follow_moved_project(store: Path) -> None:
         for location in recorded:
             folder = Path(urlparse(location).path if location.startswith("file:") else location)
             if folder.name == "mlartifacts" and folder.parent != root:
-                moves[location] = (root / "mlartifacts").as_uri() if location.startswith("file:") else str(root / "mlartifacts")
-            elif folder.parent.name == "mlruns" and folder.parent.parent != root:  # the Default experiment: <root>/mlruns/0
+                moves[location] = (
+                    (root / "mlartifacts").as_uri() if location.startswith("file:") else str(root / "mlartifacts")
+                )
+            elif (
+                folder.parent.name == "mlruns" and folder.parent.parent != root
+            ):  # the Default experiment: <root>/mlruns/0
                 moves[str(folder.parent)] = str(root / "mlruns")
         for old, new in moves.items():
             for table, column in _ARTIFACT_COLUMNS:
-                db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                           (new, len(old) + 1, len(old), old))
-            log.warning("%s: artifact locations under %s now point to %s (the project was moved or copied)", store, old, new)
+                db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old), old),
+                )
+            log.warning(
+                "%s: artifact locations under %s now point to %s (the project was moved or copied)", store, old, new
+            )
 
 
 def _unusable_sqlite(path: Path, reason: str) -> str:
-    return (f"{path}: cannot use the MLflow SQLite store ({reason}); move it aside (mv {path} {path}.damaged) "
-            "to start a new one (checkpoints resume into a new run), or set tracking.uri")
+    return (
+        f"{path}: cannot use the MLflow SQLite store ({reason}); move it aside (mv {path} {path}.damaged) "
+        "to start a new one (checkpoints resume into a new run), or set tracking.uri"
+    )
 
 
 def _damaged_sqlite(exc: BaseException) -> str | None:
@@ -146,7 +161,8 @@ def _reason(exc: Exception) -> str:
         return "no answer in time (is its database up? see the server's log)"
     server_error = re.search(r"too many (5\d\d) error responses|error code (5\d\d)", text)
     if server_error:
-        return f"the server failed to answer (HTTP {server_error.group(1) or server_error.group(2)}; is its database up? see the server's log)"
+        code = server_error.group(1) or server_error.group(2)
+        return f"the server failed to answer (HTTP {code}; is its database up? see the server's log)"
     if "Connection refused" in text or "Failed to establish a new connection" in text:
         return "connection refused (is the server running? python src/server.py status)"
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -164,12 +180,16 @@ def _check_database(uri: str) -> None:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": CHECK_TIMEOUT} if uri.startswith("postgresql") else {})
+        engine = sqlalchemy.create_engine(
+            uri, connect_args={"connect_timeout": CHECK_TIMEOUT} if uri.startswith("postgresql") else {}
+        )
         with engine.connect():
             pass
     except Exception as exc:  # the driver's own error types (wrong password, refused, unknown database, no driver)
         lines = [line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip()]
-        raise UserError(f"MLflow tracking store {_redacted(uri)}: {lines[0] if lines else type(exc).__name__}") from None
+        raise UserError(
+            f"MLflow tracking store {_redacted(uri)}: {lines[0] if lines else type(exc).__name__}"
+        ) from None
 
 
 @contextmanager
@@ -181,8 +201,11 @@ def store_outage_is_user_error() -> Iterator[None]:
     try:
         yield
     except (MlflowException, RequestException) as exc:
-        raise UserError(_damaged_sqlite(exc) or f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run "
-                        f"({_reason(exc)}); completed rounds are checkpointed: rerun the same command to resume into the same run") from None
+        raise UserError(
+            _damaged_sqlite(exc)
+            or f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run "
+            f"({_reason(exc)}); completed rounds are checkpointed: rerun the same command to resume into the same run"
+        ) from None
 
 
 def connect(config: Config) -> str:
@@ -244,7 +267,9 @@ def experiment_id(name: str) -> str:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             local = urlparse(mlflow.get_tracking_uri()).scheme == "sqlite"
-            return mlflow.create_experiment(name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None, tags=kind)
+            return mlflow.create_experiment(
+                name, artifact_location=(project_root() / "mlartifacts").as_uri() if local else None, tags=kind
+            )
         if EXPERIMENT_KIND not in experiment.tags:  # made before the kind was set
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, kind[EXPERIMENT_KIND])
         return experiment.experiment_id
@@ -272,7 +297,9 @@ def _existing_run(run_id: Optional[str]) -> Optional[str]:
         mlflow.get_run(run_id)
         return run_id
     except MlflowException:
-        log.warning("MLflow run %s of the checkpoint is not in %s; continuing in a new run", run_id, mlflow.get_tracking_uri())
+        log.warning(
+            "MLflow run %s of the checkpoint is not in %s; continuing in a new run", run_id, mlflow.get_tracking_uri()
+        )
         return None
 
 
@@ -290,8 +317,11 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
             mlflow.set_experiment(experiment_id=experiment_id(config.tracking.experiment))
             # A job of a Hydra multirun is a child of the sweep's run (dcgan.sweeps).
             parent = {"mlflow.parentRunId": os.environ[PARENT_RUN_ENV]} if os.environ.get(PARENT_RUN_ENV) else {}
-            run = mlflow.start_run(run_name=run_name(config), tags={**provenance_tags(), **config.tracking.tags, **parent},
-                                   log_system_metrics=config.tracking.system_metrics)
+            run = mlflow.start_run(
+                run_name=run_name(config),
+                tags={**provenance_tags(), **config.tracking.tags, **parent},
+                log_system_metrics=config.tracking.system_metrics,
+            )
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
@@ -330,7 +360,9 @@ def generator_uri(run_id: str) -> str:
         experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
     except MlflowException:
         raise UserError(f"MLflow run {run_id} is not in the store {mlflow.get_tracking_uri()}") from None
-    logged = mlflow.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    logged = mlflow.search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
     if not logged:
         raise UserError(f"MLflow run {run_id} logged no generator model; rerun the train stage (dvc repro -f train)")
     return max(logged, key=lambda model: int(model.tags.get("epoch", 0))).model_uri
@@ -350,8 +382,11 @@ def register_generator(run_id: str, fid: float, scored_on: dict[str, str]) -> bo
     name = f"dcgan-{scored_on['data']}"
     source, tags = generator_uri(run_id), {"fid": repr(fid), "run_id": run_id, **scored_on}
     with locked(project_root() / "mlflow-registry", wait=True):
-        registered = [version for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-                      if version.source == source and all(version.tags.get(key) == value for key, value in tags.items())]
+        registered = [
+            version
+            for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if version.source == source and all(version.tags.get(key) == value for key, value in tags.items())
+        ]
         version = registered[0] if registered else mlflow.register_model(source, name, tags=tags)
         return _crown_if_better(client, name, version, fid, scored_on)
 
@@ -363,13 +398,25 @@ def _crown_if_better(client: mlflow.MlflowClient, name: str, version, fid: float
         champion = None
     comparable = champion is not None and all(champion.tags.get(key) == value for key, value in scored_on.items())
     if champion is not None and not comparable:
-        log.warning("registry: %s version %s keeps alias %s: scored on other data, features or sample count than version %s",
-                    name, champion.version, CHAMPION, version.version)
+        log.warning(
+            "registry: %s version %s keeps alias %s: scored on other data, features or sample count than version %s",
+            name,
+            champion.version,
+            CHAMPION,
+            version.version,
+        )
     if champion is None or (comparable and fid < float(champion.tags["fid"])):
         client.set_registered_model_alias(name, CHAMPION, version.version)
         log.info("registry: %s version %s (FID %.3f) is the %s", name, version.version, fid, CHAMPION)
         return True
-    log.info("registry: %s version %s (FID %.3f); %s stays version %s", name, version.version, fid, CHAMPION, champion.version)
+    log.info(
+        "registry: %s version %s (FID %.3f); %s stays version %s",
+        name,
+        version.version,
+        fid,
+        CHAMPION,
+        champion.version,
+    )
     return False
 
 
@@ -384,10 +431,16 @@ def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> N
     with warnings.catch_warnings():
         # MLflow registers the same local-file source for two URI schemes and warns that a
         # path matches both; either is the same source.
-        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways", UserWarning)
+        warnings.filterwarnings(
+            "ignore", "The specified dataset source can be interpreted in multiple ways", UserWarning
+        )
         source = resolve_dataset_source(str(folder.resolve()))
     dataset = MetaDataset(source, name=name, digest=digest[:36], schema=schema)
-    once_more_if_raced(lambda: mlflow.log_input(dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])}))
+    once_more_if_raced(
+        lambda: mlflow.log_input(
+            dataset, context="training", tags={"images": str(manifest["splits"]["train"]["count"])}
+        )
+    )
 
 
 def log_generator(generator, latent_dim: int, round_number: int) -> None:
@@ -404,6 +457,10 @@ def log_generator(generator, latent_dim: int, round_number: int) -> None:
     # A signature and no input example: MLflow checks an example by reloading the saved model to
     # predict it (seconds, and Keras's progress bar); tests/test_generate.py serves the model.
     mlflow.tensorflow.log_model(
-        generator, name="generator", signature=signature, pip_requirements=requirements, step=round_number,
+        generator,
+        name="generator",
+        signature=signature,
+        pip_requirements=requirements,
+        step=round_number,
         tags={"epoch": str(round_number)},
     )

@@ -9,7 +9,6 @@ import numpy as np
 
 from dcgan.files import atomic_write
 
-
 GRID_UPSCALE = 3  # saved grids are enlarged so small images stay visible in viewers
 
 
@@ -41,7 +40,9 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
     """An endlessly looping GIF; all frames must have the same size."""
-    data = iio.imwrite("<bytes>", np.stack([_gray_as_2d(frame) for frame in frames]), extension=".gif", duration=1000.0 / fps, loop=0)
+    data = iio.imwrite(
+        "<bytes>", np.stack([_gray_as_2d(frame) for frame in frames]), extension=".gif", duration=1000.0 / fps, loop=0
+    )
     atomic_write(path, lambda handle: handle.write(data))
 
 

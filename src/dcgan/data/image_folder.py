@@ -97,7 +97,9 @@ def load_square(path: Path, size: int, channels: int) -> tuple[Optional[np.ndarr
     return (array[..., np.newaxis] if channels == 1 else array), ""
 
 
-def decode_parallel(files: list[ImageFile], size: int, channels: int, failures: list[dict], workers: Optional[int] = None) -> Iterator[tuple[np.ndarray, int]]:
+def decode_parallel(
+    files: list[ImageFile], size: int, channels: int, failures: list[dict], workers: Optional[int] = None
+) -> Iterator[tuple[np.ndarray, int]]:
     """Yield (image, label) for each readable file, in file order; record the others in ``failures``."""
     workers = workers or os.cpu_count() or 1
     # Threads, not processes: PIL releases the GIL while it decodes and resizes, and forking a

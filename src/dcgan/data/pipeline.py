@@ -12,7 +12,9 @@ from dcgan.data.tfrecords import normalize, read_split
 EPOCHS_UNBOUNDED = 1 << 31  # fit() stops by its own epoch count
 
 
-def training_dataset(folder: Path, manifest: dict, batch_size: int, seed: int, shuffle_buffer: int, start_step: int) -> tf.data.Dataset:
+def training_dataset(
+    folder: Path, manifest: dict, batch_size: int, seed: int, shuffle_buffer: int, start_step: int
+) -> tf.data.Dataset:
     """Normalised training batches, pass after pass over the data, from step ``start_step``.
 
     Each pass is over the cached images in an order that depends only on (seed, pass),

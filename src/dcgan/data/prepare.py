@@ -43,11 +43,16 @@ def _resized(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
 def _idx_splits(config: Config) -> tuple[dict, dict]:
     data = config.data
     if data.channels != 1:
-        raise UserError(f"config key data.channels: {data.source} images are greyscale (1 channel), got {data.channels}")
+        raise UserError(
+            f"config key data.channels: {data.source} images are greyscale (1 channel), got {data.channels}"
+        )
     spec = sources.dataset(data.source)
     contents = sources.fetch(data.source, data.mirror_dir(), data.urls, Path(config.paths.raw_dir) / data.source)
     arrays = {}
-    for split, images, labels in (("train", spec.train_images, spec.train_labels), ("test", spec.test_images, spec.test_labels)):
+    for split, images, labels in (
+        ("train", spec.train_images, spec.train_labels),
+        ("test", spec.test_images, spec.test_labels),
+    ):
         arrays[split] = idx.parse_pair(contents[images.name], contents[labels.name], images.name, labels.name)
     if data.limit is not None:
         arrays["train"] = tuple(a[: data.limit] for a in arrays["train"])
@@ -80,11 +85,16 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
     for file in files:
         by_split["test" if image_folder.in_test_split(file.relative, data.test_fraction) else "train"].append(file)
     if not by_split["train"] or not by_split["test"]:
-        raise UserError(f"{folder}: {len(files)} image files are too few for both a train and a test split (data.test_fraction)")
+        raise UserError(
+            f"{folder}: {len(files)} image files are too few for both a train and a test split (data.test_fraction)"
+        )
     if data.limit is not None:
         by_split["train"] = by_split["train"][: data.limit]
     skipped: list[dict] = []
-    splits = {split: (image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), len(chosen)) for split, chosen in by_split.items()}
+    splits = {
+        split: (image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), len(chosen))
+        for split, chosen in by_split.items()
+    }
     # Checked once the last split is decoded, so the count covers every file.
     test_images, test_count = splits["test"]
     decoded = sum(len(chosen) for chosen in by_split.values())
@@ -113,7 +123,15 @@ def _prepare(config: Config) -> dict:
     data = config.data
     splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(config)
     target = Path(config.paths.prepared_dir) / data.name
-    log.info("preparing %s (%s) at %dx%dx%d into %s", data.name, data.source, data.image_size, data.image_size, data.channels, target)
+    log.info(
+        "preparing %s (%s) at %dx%dx%d into %s",
+        data.name,
+        data.source,
+        data.image_size,
+        data.image_size,
+        data.channels,
+        target,
+    )
     manifest = {
         "dataset": data.name,
         "source": data.source,
@@ -142,7 +160,11 @@ def prepared_dataset(config: Config) -> tuple[Path, dict]:
     except (OSError, json.JSONDecodeError):
         log.info("%s not prepared yet; preparing it first", folder)
         return folder, prepare(config)
-    if isinstance(found, dict) and found.get("format_version") == FORMAT_VERSION and found.get("data_config") == data_identity(config):
+    if (
+        isinstance(found, dict)
+        and found.get("format_version") == FORMAT_VERSION
+        and found.get("data_config") == data_identity(config)
+    ):
         return folder, load_manifest(folder)
     log.info("%s was prepared with other data settings or an older format; preparing it again", folder)
     return folder, prepare(config)

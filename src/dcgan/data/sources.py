@@ -55,17 +55,33 @@ class IdxDataset:
 DATASETS: dict[str, IdxDataset] = {
     "mnist": IdxDataset(
         mirror_folder="mnist",
-        train_images=RawFile("train-images-idx3-ubyte.gz", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016),
-        train_labels=RawFile("train-labels-idx1-ubyte.gz", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008),
-        test_images=RawFile("t10k-images-idx3-ubyte.gz", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016),
-        test_labels=RawFile("t10k-labels-idx1-ubyte.gz", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008),
+        train_images=RawFile(
+            "train-images-idx3-ubyte.gz", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016
+        ),
+        train_labels=RawFile(
+            "train-labels-idx1-ubyte.gz", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008
+        ),
+        test_images=RawFile(
+            "t10k-images-idx3-ubyte.gz", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016
+        ),
+        test_labels=RawFile(
+            "t10k-labels-idx1-ubyte.gz", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008
+        ),
     ),
     "fashion_mnist": IdxDataset(
         mirror_folder="fashion_mnist",
-        train_images=RawFile("train-images-idx3-ubyte.gz", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47040016),
-        train_labels=RawFile("train-labels-idx1-ubyte.gz", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60008),
-        test_images=RawFile("t10k-images-idx3-ubyte.gz", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7840016),
-        test_labels=RawFile("t10k-labels-idx1-ubyte.gz", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10008),
+        train_images=RawFile(
+            "train-images-idx3-ubyte.gz", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47040016
+        ),
+        train_labels=RawFile(
+            "train-labels-idx1-ubyte.gz", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60008
+        ),
+        test_images=RawFile(
+            "t10k-images-idx3-ubyte.gz", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7840016
+        ),
+        test_labels=RawFile(
+            "t10k-labels-idx1-ubyte.gz", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10008
+        ),
     ),
 }
 
@@ -205,7 +221,9 @@ def _verify_archive(path: Path, spec: ImageArchive) -> None:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()  # streamed: the archive may be large
     size = path.stat().st_size
     if (digest, size) != (spec.sha256, spec.size):
-        raise UserError(f"{path}: checksum mismatch: SHA-256 {digest} ({size} bytes), expected {spec.sha256} ({spec.size} bytes)")
+        raise UserError(
+            f"{path}: checksum mismatch: SHA-256 {digest} ({size} bytes), expected {spec.sha256} ({spec.size} bytes)"
+        )
 
 
 def _extract(archive_path: Path, spec: ImageArchive, target: Path) -> None:

@@ -47,7 +47,9 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, int]], expected: int, shards: int, content) -> dict:
+def _write_split(
+    folder: Path, split: str, examples: Iterable[tuple[np.ndarray, int]], expected: int, shards: int, content
+) -> dict:
     """Write (HxWxC uint8 image, label) pairs round-robin into ``shards`` files (balanced sizes),
     feeding each record to the ``content`` hash in order. Reading the shards interleaved
     gives the records back in that order, however many shards there are."""
@@ -75,7 +77,9 @@ def _write_split(folder: Path, split: str, examples: Iterable[tuple[np.ndarray, 
     }
 
 
-def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarray, int]], int]], shards: int, manifest: dict) -> dict:
+def write_prepared(
+    target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarray, int]], int]], shards: int, manifest: dict
+) -> dict:
     """Atomically (re)create ``target`` with one set of shards per split and the manifest.
 
     ``splits`` maps a split name to (an iterable of (image, label) pairs, how many to
@@ -91,7 +95,10 @@ def write_prepared(target: Path, splits: dict[str, tuple[Iterable[tuple[np.ndarr
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is for everyone who can read the project
     try:
         content = hashlib.sha256()
-        written = {split: _write_split(tmp, split, examples, expected, shards, content) for split, (examples, expected) in splits.items()}
+        written = {
+            split: _write_split(tmp, split, examples, expected, shards, content)
+            for split, (examples, expected) in splits.items()
+        }
         manifest = dict(manifest, format_version=FORMAT_VERSION, splits=written, content_sha256=content.hexdigest())
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         old = target.with_name(f".{target.name}.old")
@@ -147,23 +154,37 @@ def _verify_shards(folder: Path, manifest: dict) -> None:
     adding up, and records of the manifest's image shape: a truncated or edited dataset or
     manifest fails here, before any work."""
     try:
-        splits = {name: (split["count"], [(shard["file"], shard["bytes"], shard["sha256"], shard["count"]) for shard in split["shards"]])
-                  for name, split in manifest["splits"].items()}
+        splits = {
+            name: (
+                split["count"],
+                [(shard["file"], shard["bytes"], shard["sha256"], shard["count"]) for shard in split["shards"]],
+            )
+            for name, split in manifest["splits"].items()
+        }
     except (KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{folder / MANIFEST}: splits are malformed ({type(exc).__name__}: {exc}); {RERUN_PREPARE}") from None
+        raise UserError(
+            f"{folder / MANIFEST}: splits are malformed ({type(exc).__name__}: {exc}); {RERUN_PREPARE}"
+        ) from None
     for name, (count, shards) in splits.items():
         for file, size, sha256, records in shards:
             path = folder / file
             if not path.is_file():
                 raise UserError(f"{path}: shard listed in {MANIFEST} is missing; {RERUN_PREPARE}")
             if path.stat().st_size != size or _file_sha256(path) != sha256:
-                raise UserError(f"{path}: shard does not match the SHA-256 in {MANIFEST} (truncated or changed); {RERUN_PREPARE}")
+                raise UserError(
+                    f"{path}: shard does not match the SHA-256 in {MANIFEST} (truncated or changed); {RERUN_PREPARE}"
+                )
             held = _count_records(path)
             if held != records:
-                raise UserError(f"{folder / MANIFEST}: lists {records} records for {file}, which holds {held}; {RERUN_PREPARE}")
+                raise UserError(
+                    f"{folder / MANIFEST}: lists {records} records for {file}, which holds {held}; {RERUN_PREPARE}"
+                )
         total = sum(records for *_, records in shards)
         if count != total:
-            raise UserError(f"{folder / MANIFEST}: splits.{name}.count is {count}, but its shards hold {total} records; {RERUN_PREPARE}")
+            raise UserError(
+                f"{folder / MANIFEST}: splits.{name}.count is {count}, but its shards hold {total} records; "
+                f"{RERUN_PREPARE}"
+            )
     first = folder / manifest["splits"]["train"]["shards"][0]["file"]
     for record in tf.data.TFRecordDataset(str(first)).take(1):
         image = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
@@ -181,7 +202,9 @@ def manifest_sha256(folder: Path) -> str:
 
 def split_sha256(manifest: dict, split: str) -> str:
     """One digest for a split, from its shards' SHA-256s in order: equal for the same images."""
-    return hashlib.sha256("".join(shard["sha256"] for shard in manifest["splits"][split]["shards"]).encode()).hexdigest()
+    return hashlib.sha256(
+        "".join(shard["sha256"] for shard in manifest["splits"][split]["shards"]).encode()
+    ).hexdigest()
 
 
 def read_split(folder: Path, manifest: dict, split: str) -> tf.data.Dataset:

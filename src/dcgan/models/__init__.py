@@ -27,15 +27,21 @@ def architecture_for(model: ModelConfig, image_shape: tuple[int, int, int]) -> M
     """The architecture module of ``model.name``; a UserError if there is none or it cannot
     make images of ``image_shape`` (train calls this before any data work)."""
     if model.name not in ARCHITECTURES:
-        raise UserError(f"config key model.name: unknown architecture {model.name!r} (choose from {', '.join(ARCHITECTURES)})")
+        raise UserError(
+            f"config key model.name: unknown architecture {model.name!r} (choose from {', '.join(ARCHITECTURES)})"
+        )
     architecture = ARCHITECTURES[model.name]
     problem = architecture.check(tuple(image_shape))
     if problem:
-        raise UserError(f"config key data.image_size: model {model.name} {problem}, but the data is {tuple(image_shape)}")
+        raise UserError(
+            f"config key data.image_size: model {model.name} {problem}, but the data is {tuple(image_shape)}"
+        )
     return architecture
 
 
-def build(model: ModelConfig, image_shape: tuple[int, int, int], pixel_range: list[float]) -> tuple[keras.Model, keras.Model]:
+def build(
+    model: ModelConfig, image_shape: tuple[int, int, int], pixel_range: list[float]
+) -> tuple[keras.Model, keras.Model]:
     """Build (generator, discriminator) for ``model.name`` and the prepared data's shape and
     range: tanh output for [-1, 1] pixels, sigmoid for [0, 1]."""
     architecture = architecture_for(model, image_shape)

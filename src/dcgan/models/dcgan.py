@@ -53,7 +53,11 @@ def build_generator(model: RadfordModel, image_shape: tuple[int, int, int], outp
             FusedBatchNormalization(),
             _activation(model),
         ]
-    stack.append(layers.Conv2DTranspose(channels, KERNEL, strides=2, padding="same", activation=output_activation, dtype="float32"))
+    stack.append(
+        layers.Conv2DTranspose(
+            channels, KERNEL, strides=2, padding="same", activation=output_activation, dtype="float32"
+        )
+    )
     return keras.Sequential(stack, name="generator")
 
 
@@ -66,7 +70,9 @@ def build_discriminator(model: RadfordModel, image_shape: tuple[int, int, int]) 
             stack.append(FusedBatchNormalization())
         stack.append(layers.LeakyReLU(model.leaky_slope))
     stack += [
-        layers.Conv2D(1, BASE, strides=1, padding="valid", activation=model.d_activation(), dtype="float32"),  # 4x4 -> 1
+        layers.Conv2D(
+            1, BASE, strides=1, padding="valid", activation=model.d_activation(), dtype="float32"
+        ),  # 4x4 -> 1
         layers.Flatten(),
     ]
     return keras.Sequential(stack, name="discriminator")

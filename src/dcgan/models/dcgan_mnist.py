@@ -30,7 +30,9 @@ def build_generator(model: TutorialModel, image_shape: tuple[int, int, int], out
             FusedBatchNormalization(),
             layers.LeakyReLU(slope),
             # float32 output keeps the image range exact under mixed precision.
-            layers.Conv2DTranspose(1, 5, strides=2, padding="same", use_bias=False, activation=output_activation, dtype="float32"),
+            layers.Conv2DTranspose(
+                1, 5, strides=2, padding="same", use_bias=False, activation=output_activation, dtype="float32"
+            ),
         ],
         name="generator",
     )

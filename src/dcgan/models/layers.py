@@ -21,14 +21,26 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         rank = len(inputs.shape)
-        fusable = training and self.trainable and mask is None and self.center and self.scale and rank in (2, 4) and self.axis in (-1, rank - 1)
+        fusable = (
+            training
+            and self.trainable
+            and mask is None
+            and self.center
+            and self.scale
+            and rank in (2, 4)
+            and self.axis in (-1, rank - 1)
+        )
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
         # The kernel is NHWC-only: a (batch, features) input is normalised as 1x1 images.
         images = tf.reshape(inputs, (-1, 1, 1, channels)) if rank == 2 else inputs
         outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-            images, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta), epsilon=self.epsilon, is_training=True
+            images,
+            tf.convert_to_tensor(self.gamma),
+            tf.convert_to_tensor(self.beta),
+            epsilon=self.epsilon,
+            is_training=True,
         )[:3]
         count = tf.cast(tf.size(images) // channels, unbiased_variance.dtype)
         variance = unbiased_variance * (count - 1.0) / count
@@ -53,7 +65,9 @@ class FastDropout(layers.Dropout):
         if not training or self.noise_shape is not None or not 0 < threshold < 2**16:
             return super().call(inputs, training=training)
         count = tf.size(inputs)
-        words = tf.random.stateless_uniform([(count + 1) // 2], seed=self.seed_generator.next(), minval=None, maxval=None, dtype=tf.uint32)
+        words = tf.random.stateless_uniform(
+            [(count + 1) // 2], seed=self.seed_generator.next(), minval=None, maxval=None, dtype=tf.uint32
+        )
         draws = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count]
         keep = tf.reshape(draws >= threshold, tf.shape(inputs))
         scale = tf.constant(2**16 / (2**16 - threshold), inputs.dtype)

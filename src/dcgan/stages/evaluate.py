@@ -13,16 +13,17 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from dcgan import metrics, quality, tracking, viz
+from dcgan.checkpoints import CheckpointDir
 from dcgan.config import Config, EvaluateConfig
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, split_sha256, to_uint8
-from dcgan.checkpoints import CheckpointDir
 from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, staged_outputs, write_json
 from dcgan.paths import RERUN_TRAIN, TrainOutputs, load_trained, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
 log = logging.getLogger(__name__)
+
 
 def _training_run_id(run_info: Path) -> str:
     """The MLflow run the train stage recorded, checked to exist in the current store."""
@@ -31,7 +32,10 @@ def _training_run_id(run_info: Path) -> str:
     try:
         run_id = json.loads(run_info.read_text())["mlflow_run_id"]
     except (ValueError, TypeError, KeyError):
-        raise UserError(f"{run_info}: not the train stage's run record (no mlflow_run_id); rerun the train stage (dvc repro -f train)") from None
+        raise UserError(
+            f"{run_info}: not the train stage's run record (no mlflow_run_id); rerun the train stage (dvc repro "
+            "-f train)"
+        ) from None
     try:
         mlflow.get_run(run_id)
     except MlflowException:
@@ -89,8 +93,12 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     write_json(reports / "metrics.json", scores)
     _log_to_training_run(run_id, scores, reports)
     if config.evaluate.register and "fid" in scores:
-        scored_on = {"data": config.data.name, "test_split": split_sha256(manifest, "test"), "features": config.metrics.features,
-                     "num_samples": str(scores["num_samples"])}
+        scored_on = {
+            "data": config.data.name,
+            "test_split": split_sha256(manifest, "test"),
+            "features": config.metrics.features,
+            "num_samples": str(scores["num_samples"]),
+        }
         tracking.register_generator(run_id, scores["fid"], scored_on)
     log.info("evaluation: %s", json.dumps(scores))
     return scores
@@ -106,18 +114,32 @@ def _diagnostics(discriminator: keras.Model, real: np.ndarray, fake: np.ndarray)
     return scores
 
 
-def _draw_figures(generator: keras.Model, fake: np.ndarray, rng: np.random.Generator, manifest: dict, trained: TrainOutputs,
-                  figures: Path, settings: EvaluateConfig) -> None:
+def _draw_figures(
+    generator: keras.Model,
+    fake: np.ndarray,
+    rng: np.random.Generator,
+    manifest: dict,
+    trained: TrainOutputs,
+    figures: Path,
+    settings: EvaluateConfig,
+) -> None:
     """A grid of new samples, the training-progress GIF and a 4x4 grid of latent walks."""
     grid_count = settings.grid_size**2
-    viz.save_png(figures / "samples.png", viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), viz.GRID_UPSCALE))
+    viz.save_png(
+        figures / "samples.png",
+        viz.upscale(viz.grid(to_uint8(fake[:grid_count], manifest), settings.grid_size), viz.GRID_UPSCALE),
+    )
     viz.save_gif(figures / "progress.gif", _progress_frames(trained.samples), settings.gif_fps)
     latent_dim = generator.input_shape[-1]
     points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
     walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
     frames = to_uint8(generate(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
     frames = frames.reshape(len(walks), 16, *frames.shape[1:])
-    viz.save_gif(figures / "interpolation.gif", [viz.upscale(viz.grid(f, 4), viz.GRID_UPSCALE) for f in frames], settings.gif_fps * 2)
+    viz.save_gif(
+        figures / "interpolation.gif",
+        [viz.upscale(viz.grid(f, 4), viz.GRID_UPSCALE) for f in frames],
+        settings.gif_fps * 2,
+    )
 
 
 def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: TrainOutputs) -> dict:
@@ -127,7 +149,10 @@ def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: Train
         scores["classifier_accuracy"] = scorer.space.accuracy
     state = CheckpointDir(trained.checkpoints, keep=1).load_state()
     if state is not None and state.best is not None:
-        scores["best"] = {"epoch": state.best["epoch"], **scorer.score(generate(load_trained(trained.best_generator), noise))}
+        scores["best"] = {
+            "epoch": state.best["epoch"],
+            **scorer.score(generate(load_trained(trained.best_generator), noise)),
+        }
     return scores
 
 
@@ -135,7 +160,11 @@ def _log_to_training_run(run_id: str, scores: dict, reports: Path) -> None:
     with mlflow.start_run(run_id=run_id):
         # Quality metrics under their own names; the rest would collide with training's curves.
         named = (*QUALITY_KEYS, "classifier_accuracy")
-        mlflow.log_metrics({key if key in named else f"eval_{key}": value for key, value in scores.items() if key != "best"})
-        mlflow.log_metrics({f"best_{key}": value for key, value in scores.get("best", {}).items() if key in QUALITY_KEYS})
+        mlflow.log_metrics(
+            {key if key in named else f"eval_{key}": value for key, value in scores.items() if key != "best"}
+        )
+        mlflow.log_metrics(
+            {f"best_{key}": value for key, value in scores.get("best", {}).items() if key in QUALITY_KEYS}
+        )
         mlflow.log_artifacts(str(reports / "figures"), artifact_path="evaluation")
         mlflow.log_artifact(str(reports / "metrics.json"), artifact_path="evaluation")

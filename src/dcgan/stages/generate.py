@@ -38,11 +38,15 @@ def load_generator(config: Config) -> keras.Model:
             model = mlflow.tensorflow.load_model(uri)
         except (MlflowException, OSError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise UserError(f"generate.model={source}: cannot load it from {mlflow.get_tracking_uri()} ({reason})") from None
+            raise UserError(
+                f"generate.model={source}: cannot load it from {mlflow.get_tracking_uri()} ({reason})"
+            ) from None
     else:
         model = load_trained(Path(source))
     if len(model.input_shape) != 2 or len(model.output_shape) != 4:
-        raise UserError(f"generate.model={source}: not a generator (takes {model.input_shape}, gives {model.output_shape})")
+        raise UserError(
+            f"generate.model={source}: not a generator (takes {model.input_shape}, gives {model.output_shape})"
+        )
     return model
 
 
@@ -59,7 +63,9 @@ def latent_vectors(settings: GenerateConfig, latent_dim: int) -> tuple[np.ndarra
             raise UserError(f"generate.latents={path}: shape {latents.shape}, the generator takes (N, {latent_dim})")
         return latents.astype(np.float32), [f"latent_{i:05d}" for i in range(len(latents))]
     seeds = settings.seeds or list(range(settings.seed, settings.seed + settings.num_images))
-    return np.stack([_latent(seed, latent_dim, settings.truncation) for seed in seeds]), [f"seed_{seed}" for seed in seeds]
+    return np.stack([_latent(seed, latent_dim, settings.truncation) for seed in seeds]), [
+        f"seed_{seed}" for seed in seeds
+    ]
 
 
 def _latent(seed: int, latent_dim: int, truncation: float | None) -> np.ndarray:

@@ -54,14 +54,18 @@ class LinearDecayTail(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "total_steps": self.total_steps, "share": self.share}
 
 
-def make_optimizer(optimizer: OptimizerConfig, network: str, lr_decay: float = 0.0, total_steps: int = 0) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    optimizer: OptimizerConfig, network: str, lr_decay: float = 0.0, total_steps: int = 0
+) -> keras.optimizers.Optimizer:
     """The configured optimizer of ``network``; with ``lr_decay`` its learning rate decays
     over the last ``lr_decay`` share of ``total_steps``."""
     settings = dict(vars(getattr(optimizer, network)))
     decay = settings.pop("decay", 0.0)
     if decay:
         # Keras 2's `decay` argument, as the Keras 3 schedule computing the same lr / (1 + decay * step).
-        settings["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(settings["learning_rate"], decay_steps=1, decay_rate=decay)
+        settings["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(
+            settings["learning_rate"], decay_steps=1, decay_rate=decay
+        )
     if lr_decay:
         if total_steps < 1:
             raise ValueError("train.lr_decay needs the run's total_steps")
@@ -86,11 +90,22 @@ def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
         return inner if precision == "fp32" else SkipNonFiniteSteps(inner, scaling=precision == "mixed_float16")
 
     with distribution(config.train.strategy).scope():
-        generator, discriminator = models.build(config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"])
-        gan = GAN(generator, discriminator, config.model.latent_dim, seed=config.train.seed, label_noise=config.train.label_noise,
-                  label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
-                  joint_batch=config.model.d_joint_batch, r1_gamma=config.train.r1_gamma, r1_interval=config.train.r1_interval,
-                  augment=config.train.augment)
+        generator, discriminator = models.build(
+            config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"]
+        )
+        gan = GAN(
+            generator,
+            discriminator,
+            config.model.latent_dim,
+            seed=config.train.seed,
+            label_noise=config.train.label_noise,
+            label_smoothing=config.train.label_smoothing,
+            ema_decay=config.train.ema_decay,
+            joint_batch=config.model.d_joint_batch,
+            r1_gamma=config.train.r1_gamma,
+            r1_interval=config.train.r1_interval,
+            augment=config.train.augment,
+        )
         gan.compile(
             d_optimizer=optimizer("discriminator"),
             g_optimizer=optimizer("generator"),
@@ -138,13 +153,17 @@ def train(config: Config) -> dict:
 def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, stop: StopSignals) -> dict:
     schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
     # Both may take a while once (the domain classifier, a precision probe): before seeding.
-    scorer = quality.scorer_for(config, prepared, manifest, config.metrics.train_samples) if config.metrics.every else None
+    scorer = (
+        quality.scorer_for(config, prepared, manifest, config.metrics.train_samples) if config.metrics.every else None
+    )
     precision = resolve_precision(config.train.precision)
 
     seed_everything(config)
     gan = build_gan(config, manifest, schedule.total_steps)
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
-    state = resume.resume_or_start(config, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out)
+    state = resume.resume_or_start(
+        config, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out
+    )
     grid_noise, scoring_noise = _fixed_noise(config)
     resume.rescore_if_changed(config, state, schedule, gan, scorer, scoring_noise, checkpoints)
     stop.check("stopped before training; rerun the same command")
@@ -178,9 +197,11 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
 def _fixed_noise(config: Config) -> tuple[np.ndarray, np.ndarray]:
     """The latent points behind every sample grid and every in-training score of the run."""
     grid_size = config.train.sample_grid**2
-    noise = np.random.default_rng(config.train.sample_seed).standard_normal(
-        (grid_size + config.metrics.train_samples, config.model.latent_dim)
-    ).astype(np.float32)
+    noise = (
+        np.random.default_rng(config.train.sample_seed)
+        .standard_normal((grid_size + config.metrics.train_samples, config.model.latent_dim))
+        .astype(np.float32)
+    )
     return noise[:grid_size], noise[grid_size:]
 
 
@@ -195,7 +216,9 @@ def _log_run_inputs(config: Config, manifest: dict, prepared: Path, gan: GAN) ->
     _log_architecture(gan)
 
 
-def _write_outputs(gan: GAN, state: RunState, checkpoints: CheckpointDir, out: TrainOutputs, throughput: Throughput) -> dict:
+def _write_outputs(
+    gan: GAN, state: RunState, checkpoints: CheckpointDir, out: TrainOutputs, throughput: Throughput
+) -> dict:
     """Every output of the stage, from the model and the persisted state alone (a rerun may
     find the run complete and train nothing), replaced as one set: until then the previous
     outputs stay as they were (DVC keeps them: they persist)."""
@@ -206,22 +229,28 @@ def _write_outputs(gan: GAN, state: RunState, checkpoints: CheckpointDir, out: T
     final = {**last, **summary}
     best = checkpoints.best_generator(state)
     run_record = {"mlflow_run_id": state.mlflow_run_id, "tracking_uri": mlflow.get_tracking_uri()}
-    replace_together({
-        out.generator: gan.sampler.save,
-        out.discriminator: standard_copy(gan.discriminator).save,
-        # no in-training FID (metrics.every=0, unlabelled data): the last stands in
-        out.best_generator: partial(shutil.copyfile, best) if best is not None and best.is_file() else gan.sampler.save,
-        out.history: lambda path: path.write_text(history_csv(state.history)),
-        out.metrics: lambda path: path.write_text(json_text(final)),
-        out.run_info: lambda path: path.write_text(json_text(run_record)),
-    })
+    replace_together(
+        {
+            out.generator: gan.sampler.save,
+            out.discriminator: standard_copy(gan.discriminator).save,
+            # no in-training FID (metrics.every=0, unlabelled data): the last stands in
+            out.best_generator: partial(shutil.copyfile, best)
+            if best is not None and best.is_file()
+            else gan.sampler.save,
+            out.history: lambda path: path.write_text(history_csv(state.history)),
+            out.metrics: lambda path: path.write_text(json_text(final)),
+            out.run_info: lambda path: path.write_text(json_text(run_record)),
+        }
+    )
     checkpoints.save_state(state)  # the MLflow run and scores as they are now
     mlflow.log_metrics({**{f"final_{k}": v for k, v in last.items() if k not in ("epoch", "iteration")}, **summary})
     tracking.log_generator(gan.sampler, gan.latent_dim, final["epoch"])
     return final
 
 
-def _fit(gan: GAN, config: Config, prepared: Path, manifest: dict, schedule: Schedule, state: RunState, callbacks: list) -> None:
+def _fit(
+    gan: GAN, config: Config, prepared: Path, manifest: dict, schedule: Schedule, state: RunState, callbacks: list
+) -> None:
     """Run the rounds still to do (Keras' epochs), the data read from the step reached."""
     for rounds, steps_per_round in resume.fit_calls(state, schedule):
         if state.rounds >= rounds:

@@ -15,6 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+
 @dataclass
 class FidSearchConf:
     _target_: str = "hydra_plugins.dcgan_plugins.fid_search.FidSearchSweeper"
@@ -33,8 +34,18 @@ ConfigStore.instance().store(group="hydra/sweeper", name="fid_search", node=FidS
 
 
 class FidSearchSweeper(Sweeper):
-    def __init__(self, study_name: str, storage: str, n_trials: int, n_jobs: int, seed: int, startup_trials: int,
-                 warmup_rounds: int, params: Any, best_params: str):
+    def __init__(
+        self,
+        study_name: str,
+        storage: str,
+        n_trials: int,
+        n_jobs: int,
+        seed: int,
+        startup_trials: int,
+        warmup_rounds: int,
+        params: Any,
+        best_params: str,
+    ):
         self.study_name = study_name
         self.storage = str(Path(storage).resolve())  # trials may run in other working directories
         self.n_trials = n_trials
@@ -47,7 +58,9 @@ class FidSearchSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context = hydra_context
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> list:
         import optuna  # here, not at the top: see the module docstring
@@ -56,7 +69,10 @@ class FidSearchSweeper(Sweeper):
 
         space, fixed = search.search_space(self.params, arguments)
         study = optuna.create_study(
-            study_name=self.study_name, storage=search.storage(self.storage), load_if_exists=True, direction="minimize",
+            study_name=self.study_name,
+            storage=search.storage(self.storage),
+            load_if_exists=True,
+            direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=self.seed),
         )  # pruning is decided in the trials (dcgan.search.ReportToStudy), with self.pruning
         search.end_abandoned_trials(study)
@@ -64,8 +80,14 @@ class FidSearchSweeper(Sweeper):
         while (done := len(study.get_trials(deepcopy=False, states=search.FINISHED))) < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
             batch = [
-                [*fixed, *(f"{key}={value}" for key, value in trial.params.items()),
-                 f"search.storage={self.storage}", f"search.study={self.study_name}", f"search.trial={trial.number}", *self.pruning]
+                [
+                    *fixed,
+                    *(f"{key}={value}" for key, value in trial.params.items()),
+                    f"search.storage={self.storage}",
+                    f"search.study={self.study_name}",
+                    f"search.trial={trial.number}",
+                    *self.pruning,
+                ]
                 for trial in trials
             ]
             self.validate_batch_is_legal(batch)
@@ -75,10 +97,16 @@ class FidSearchSweeper(Sweeper):
                 search.tell(study, trial, _outcome(result))
             returns.extend(results)
         states = [trial.state.name.lower() for trial in study.trials]
-        print(f"study {self.study_name}: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))), flush=True)
+        print(
+            f"study {self.study_name}: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))), flush=True
+        )
         commands = search.write_best(self.best_params, study, fixed)
         if commands:
-            print(f"best: trial {study.best_trial.number}, FID {study.best_value:.3f}; rerun it with (also in {self.best_params}):\n{commands}", flush=True)
+            print(
+                f"best: trial {study.best_trial.number}, FID {study.best_value:.3f}; rerun it with (also in "
+                f"{self.best_params}):\n{commands}",
+                flush=True,
+            )
         return returns
 
 

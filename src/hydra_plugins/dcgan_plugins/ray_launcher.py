@@ -40,14 +40,21 @@ class RayLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf, provider="dcgan")
 
 
-def _run_job(hydra_context: Any, sweep_config: DictConfig, task_function: Any, singleton_state: dict, workdir: str) -> JobReturn:
+def _run_job(
+    hydra_context: Any, sweep_config: DictConfig, task_function: Any, singleton_state: dict, workdir: str
+) -> JobReturn:
     """One sweep job, as Hydra's basic launcher would run it, inside a Ray worker."""
     os.chdir(workdir)  # Ray starts workers where `ray start` ran; relative paths mean the project
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)
-    return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
 
 def _check_reachable(address: str) -> None:
@@ -58,8 +65,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as exc:
-        raise HydraException(f"hydra.launcher.address={address}: no Ray head answers there ({exc.strerror or exc}); "
-                             "start one with `ray start --head`") from None
+        raise HydraException(
+            f"hydra.launcher.address={address}: no Ray head answers there ({exc.strerror or exc}); "
+            "start one with `ray start --head`"
+        ) from None
 
 
 class RayLauncher(Launcher):
@@ -95,5 +104,7 @@ class RayLauncher(Launcher):
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = f"ray_{number}"
                 sweep_config.hydra.job.num = number
-            pending.append(job.remote(self.hydra_context, sweep_config, self.task_function, Singleton.get_state(), os.getcwd()))
+            pending.append(
+                job.remote(self.hydra_context, sweep_config, self.task_function, Singleton.get_state(), os.getcwd())
+            )
         return ray.get(pending)
