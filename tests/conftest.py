@@ -341,15 +341,21 @@ def run_dvc_queue(
     return status
 
 
+def copy_of_repo(root: Path) -> Path:
+    """``root`` holding a copy of the repository's tracked files (its code and conf/ too)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, tracked.split("\0")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    return root
+
+
 def dvc_project(root: Path, overrides: list[str]) -> Path:
     """A fresh git+DVC project in ``root`` holding exactly the repo's tracked files, its
     params.yaml composed with ``overrides``, committed."""
     from dvc.utils.hydra import compose_and_dump
 
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, tracked.split("\0")):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
+    copy_of_repo(root)
     compose_and_dump(root / "params.yaml", str(root / "conf"), None, "config", str(root), overrides)
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "test@localhost", cwd=root)

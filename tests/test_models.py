@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, copy_of_repo, last_line_error, subprocess_env
 
 from dcgan import models
 from dcgan.checkpoints import CheckpointDir, RunState
@@ -369,3 +371,70 @@ def test_non_finite_gradients_skip_the_update_and_are_counted(scaling):
     assert (
         weight.numpy() == pytest.approx(np.full(3, 0.9), abs=1e-5) and int(optimizer.iterations.numpy()) == 1
     )  # Adam: lr * sign
+
+
+TOY_ARCHITECTURE = """
+from dataclasses import dataclass
+
+import keras
+from keras import layers
+from omegaconf import MISSING
+
+from dcgan.config import ModelConfig, require
+
+
+@dataclass
+class Settings(ModelConfig):
+    kernel: int = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.kernel % 2 == 1, "model.kernel", f"must be odd, got {self.kernel}")
+
+
+def check(image_shape):
+    return None if tuple(image_shape) == (28, 28, 1) else "makes 28x28x1 images only"
+
+
+def build_generator(model, image_shape, output_activation):
+    return keras.Sequential([
+        keras.Input((model.latent_dim,)), layers.Dense(7 * 7 * model.filters), layers.Reshape((7, 7, model.filters)),
+        layers.Conv2DTranspose(model.filters, model.kernel, strides=4, padding="same"),
+        layers.LeakyReLU(model.leaky_slope),
+        layers.Conv2D(1, model.kernel, padding="same", activation=output_activation, dtype="float32"),
+    ], name="generator")
+
+
+def build_discriminator(model, image_shape):
+    return keras.Sequential([
+        keras.Input(image_shape), layers.Conv2D(model.filters, model.kernel, strides=4, padding="same"),
+        layers.LeakyReLU(model.leaky_slope), layers.Flatten(),
+        layers.Dense(1, activation=model.d_activation(), dtype="float32"),
+    ], name="discriminator")
+"""
+TOY_CONFIG = """name: toy
+latent_dim: 16
+leaky_slope: 0.2
+d_output: logits
+filters: 8
+d_joint_batch: false
+kernel: 3
+"""
+
+
+@pytest.mark.slow
+def test_an_architecture_added_as_docs_layout_says_trains(tmp_path):
+    """docs/layout.md's recipe, followed in a copy of the project: one module, one conf file."""
+    project = copy_of_repo(tmp_path / "project")
+    (project / "src/dcgan/models/toy.py").write_text(TOY_ARCHITECTURE)
+    (project / "conf/model/toy.yaml").write_text(TOY_CONFIG)
+
+    def train(*overrides: str):
+        command = [sys.executable, "src/train.py", *TINY, "data.limit=256", "metrics.every=0", "model=toy", *overrides]
+        return subprocess.run(command, cwd=project, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+
+    assert last_line_error(train("model.kernel=4")) == "error: config key model.kernel: must be odd, got 4"
+    trained = train()
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    generator = keras.models.load_model(project / "models/generator.keras")
+    assert generator.input_shape == (None, 16) and generator.output_shape == (None, 28, 28, 1)

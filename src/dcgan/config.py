@@ -11,6 +11,7 @@ than through Hydra's ConfigStore because DVC composes ``conf/`` without importin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from dcgan.errors import UserError
 MIRROR_ENV = "DCGAN_DATA_MIRROR"
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"config key {key}: {message}")
 
@@ -33,7 +34,7 @@ SEED_MAX = 2**32 - 1  # numpy's and TensorFlow's seed range
 
 
 def _require_seed(value: int, key: str) -> None:
-    _require(0 <= value <= SEED_MAX, key, f"must be in 0..{SEED_MAX} (2**32 - 1), got {value}")
+    require(0 <= value <= SEED_MAX, key, f"must be in 0..{SEED_MAX} (2**32 - 1), got {value}")
 
 
 PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
@@ -65,23 +66,23 @@ class DataConfig:
     max_skipped_fraction: float = 0.05  # more unreadable/too-small files than this is an error
 
     def __post_init__(self) -> None:
-        _require(self.limit is None or self.limit > 0, "data.limit", f"must be positive or null, got {self.limit}")
-        _require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
-        _require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
-        _require(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
-        _require(
+        require(self.limit is None or self.limit > 0, "data.limit", f"must be positive or null, got {self.limit}")
+        require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
+        require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
+        require(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
+        require(
             list(self.pixel_range) in PIXEL_RANGES,
             "data.pixel_range",
             f"must be [-1, 1] or [0, 1], got {list(self.pixel_range)}",
         )
-        _require(
+        require(
             self.labels in LABEL_SOURCES,
             "data.labels",
             f"must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}",
         )
-        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
-        _require(0.0 <= self.max_skipped_fraction <= 1.0, "data.max_skipped_fraction", "must be in [0, 1]")
-        _require(self.source != "image_folder" or bool(self.path), "data.path", "an image_folder source needs a folder")
+        require(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        require(0.0 <= self.max_skipped_fraction <= 1.0, "data.max_skipped_fraction", "must be in [0, 1]")
+        require(self.source != "image_folder" or bool(self.path), "data.path", "an image_folder source needs a folder")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -108,7 +109,7 @@ class DataConfig:
 class ModelConfig:
     """The keys every architecture reads; each architecture's schema adds its own."""
 
-    name: str = MISSING  # entry in dcgan.models.ARCHITECTURES and MODEL_SETTINGS
+    name: str = MISSING  # a module of dcgan.models (dcgan.models.architectures())
     latent_dim: int = MISSING
     leaky_slope: float = MISSING
     d_output: str = MISSING  # discriminator's last layer: logits (BCE from logits) or sigmoid (BCE on probabilities)
@@ -116,64 +117,28 @@ class ModelConfig:
     d_joint_batch: bool = MISSING  # D scores real and generated images as one batch (see dcgan.gan.GAN)
 
     def __post_init__(self) -> None:
-        _require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
-        _require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
-        _require(
+        require(self.latent_dim >= 1, "model.latent_dim", f"must be at least 1, got {self.latent_dim}")
+        require(self.leaky_slope >= 0.0, "model.leaky_slope", f"must be >= 0, got {self.leaky_slope}")
+        require(
             self.d_output in ("logits", "sigmoid"),
             "model.d_output",
             f"must be logits or sigmoid, got {self.d_output!r}",
         )
-        _require(self.filters >= 1, "model.filters", f"must be at least 1, got {self.filters}")
+        require(self.filters >= 1, "model.filters", f"must be at least 1, got {self.filters}")
 
     def d_activation(self) -> Optional[str]:
         return "sigmoid" if self.d_output == "sigmoid" else None
 
 
 @dataclass
-class DropoutModel(ModelConfig):
-    """dcgan_fashion, dcgan_rgb128: a discriminator with dropout after each block."""
+class DropoutModelConfig(ModelConfig):
+    """The keys of an architecture whose discriminator has dropout after each block."""
 
     dropout: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
-class TutorialModel(DropoutModel):
-    """dcgan_mnist: the TF tutorial's networks, with a configurable depth of D."""
-
-    d_blocks: int = MISSING  # strided convolutions in D (2 as in the TF tutorial)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
-
-
-@dataclass
-class RadfordModel(ModelConfig):
-    """dcgan: Radford et al.'s networks for any power-of-two size."""
-
-    max_filters: int = MISSING  # width cap
-    g_activation: str = MISSING  # relu (Radford et al.) or leaky_relu
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(
-            self.max_filters >= self.filters,
-            "model.max_filters",
-            f"must be >= model.filters ({self.filters}), got {self.max_filters}",
-        )
-        _require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
-
-
-MODEL_SETTINGS = {
-    "dcgan_mnist": TutorialModel,
-    "dcgan_fashion": DropoutModel,
-    "dcgan_rgb128": DropoutModel,
-    "dcgan": RadfordModel,
-}
+        require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -237,71 +202,71 @@ class TrainConfig:
     threads: Optional[int] = None  # TensorFlow's op threads; null: all cores, or their share per parallel sweep job
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
-        _require(
+        require(self.epochs >= 1, "train.epochs", f"must be at least 1, got {self.epochs}")
+        require(
             self.iterations is None or self.iterations >= 1,
             "train.iterations",
             f"must be positive or null, got {self.iterations}",
         )
-        _require(
+        require(
             self.interval is None or self.interval >= 1,
             "train.interval",
             f"must be positive or null, got {self.interval}",
         )
-        _require(
+        require(
             self.interval_epochs is None or self.interval_epochs >= 1,
             "train.interval_epochs",
             f"must be positive or null, got {self.interval_epochs}",
         )
-        _require(
+        require(
             self.interval is None or self.interval_epochs is None,
             "train.interval_epochs",
             "set train.interval (steps) or train.interval_epochs, not both",
         )
-        _require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
-        _require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
-        _require(
+        require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
+        require(
             self.resume in ("auto", "always", "never"),
             "train.resume",
             f"must be auto, always or never, got {self.resume!r}",
         )
-        _require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
-        _require(
+        require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
+        require(
             self.strategy in ("default", "mirrored"),
             "train.strategy",
             f"must be default or mirrored, got {self.strategy!r}",
         )
-        _require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
-        _require(
+        require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
+        require(
             self.threads is None or self.threads >= 1, "train.threads", f"must be positive or null, got {self.threads}"
         )
-        _require(
+        require(
             self.precision in PRECISIONS,
             "train.precision",
             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
-        _require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
-        _require(
+        require(0.0 <= self.label_noise < 0.5, "train.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
+        require(
             0.0 <= self.label_smoothing < 0.5,
             "train.label_smoothing",
             f"must be in [0, 0.5), got {self.label_smoothing}",
         )
-        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        _require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
-        _require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
-        _require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
+        require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(0.0 <= self.lr_decay <= 1.0, "train.lr_decay", f"must be in [0, 1], got {self.lr_decay}")
+        require(self.r1_gamma >= 0.0, "train.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        require(self.r1_interval >= 1, "train.r1_interval", f"must be at least 1, got {self.r1_interval}")
         unknown = [name for name in self.augment if name not in AUGMENTATIONS]
-        _require(
+        require(
             not unknown,
             "train.augment",
             f"unknown augmentation {unknown[0] if unknown else ''!r}: choose from {', '.join(AUGMENTATIONS)}",
         )
-        _require(
+        require(
             len(set(self.augment)) == len(self.augment),
             "train.augment",
             f"lists an augmentation twice: {list(self.augment)}",
         )
-        _require(
+        require(
             self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be at least 1, got {self.keep_checkpoints}"
         )
         _require_seed(self.seed, "train.seed")
@@ -319,16 +284,16 @@ class EvaluateConfig:
     register: bool = True  # the generator as a version of the registered model dcgan-<data.name>
 
     def __post_init__(self) -> None:
-        _require(self.grid_size >= 1, "evaluate.grid_size", f"must be at least 1, got {self.grid_size}")
-        _require(self.num_samples >= 2, "evaluate.num_samples", f"must be at least 2, got {self.num_samples}")
-        _require(
+        require(self.grid_size >= 1, "evaluate.grid_size", f"must be at least 1, got {self.grid_size}")
+        require(self.num_samples >= 2, "evaluate.num_samples", f"must be at least 2, got {self.num_samples}")
+        require(
             self.grid_size**2 <= self.num_samples,
             "evaluate.grid_size",
             f"a {self.grid_size}x{self.grid_size} grid needs more than evaluate.num_samples={self.num_samples} images",
         )
-        _require(self.interpolation_points >= 2, "evaluate.interpolation_points", "must be at least 2")
-        _require(self.interpolation_steps >= 1, "evaluate.interpolation_steps", "must be at least 1")
-        _require(self.gif_fps > 0, "evaluate.gif_fps", f"must be positive, got {self.gif_fps}")
+        require(self.interpolation_points >= 2, "evaluate.interpolation_points", "must be at least 2")
+        require(self.interpolation_steps >= 1, "evaluate.interpolation_steps", "must be at least 1")
+        require(self.gif_fps > 0, "evaluate.gif_fps", f"must be positive, got {self.gif_fps}")
         _require_seed(self.seed, "evaluate.seed")
 
 
@@ -346,11 +311,11 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "width", "features"):
-            _require(
+            require(
                 getattr(self, key) >= 1, f"metrics.classifier.{key}", f"must be at least 1, got {getattr(self, key)}"
             )
-        _require(self.max_size >= 8, "metrics.classifier.max_size", f"must be at least 8, got {self.max_size}")
-        _require(self.min_steps >= 0, "metrics.classifier.min_steps", f"must be at least 0, got {self.min_steps}")
+        require(self.max_size >= 8, "metrics.classifier.max_size", f"must be at least 8, got {self.max_size}")
+        require(self.min_steps >= 0, "metrics.classifier.min_steps", f"must be at least 0, got {self.min_steps}")
         _require_seed(self.seed, "metrics.classifier.seed")
 
 
@@ -368,17 +333,17 @@ class MetricsConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.features in ("classifier", "inception"),
             "metrics.features",
             f"must be classifier or inception, got {self.features!r}",
         )
-        _require(self.every >= 0, "metrics.every", f"must be >= 0, got {self.every}")
+        require(self.every >= 0, "metrics.every", f"must be >= 0, got {self.every}")
         for key in ("k_precision", "k_density"):
-            _require(getattr(self, key) >= 1, f"metrics.{key}", f"must be at least 1, got {getattr(self, key)}")
+            require(getattr(self, key) >= 1, f"metrics.{key}", f"must be at least 1, got {getattr(self, key)}")
         for key in ("train_samples", "kid_subset_size", "kid_subsets"):
-            _require(getattr(self, key) >= 2, f"metrics.{key}", f"must be at least 2, got {getattr(self, key)}")
-        _require(
+            require(getattr(self, key) >= 2, f"metrics.{key}", f"must be at least 2, got {getattr(self, key)}")
+        require(
             self.train_samples > self.k_density and self.train_samples > self.k_precision,
             "metrics.train_samples",
             "must exceed the k of the k-NN metrics",
@@ -434,20 +399,20 @@ class GenerateConfig:
     interpolation_steps: int = 0  # > 0: interpolation.gif walking through the latents, this many frames between two
 
     def __post_init__(self) -> None:
-        _require(self.num_images >= 1, "generate.num_images", f"must be at least 1, got {self.num_images}")
-        _require(not self.seeds or all(seed >= 0 for seed in self.seeds), "generate.seeds", "must be non-negative")
+        require(self.num_images >= 1, "generate.num_images", f"must be at least 1, got {self.num_images}")
+        require(not self.seeds or all(seed >= 0 for seed in self.seeds), "generate.seeds", "must be non-negative")
         _require_seed(self.seed, "generate.seed")
-        _require(
+        require(
             self.truncation is None or self.truncation > 0,
             "generate.truncation",
             f"must be positive or null, got {self.truncation}",
         )
-        _require(
+        require(
             self.interpolation_steps >= 0,
             "generate.interpolation_steps",
             f"must be >= 0, got {self.interpolation_steps}",
         )
-        _require(
+        require(
             self.grid or self.png or self.npy or self.interpolation_steps > 0,
             "generate",
             "nothing to write: set grid, png or npy to true, or interpolation_steps > 0",
@@ -457,7 +422,7 @@ class GenerateConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = None  # the schema of model.name (MODEL_SETTINGS), checked by validate
+    model: Any = None  # the Settings of architecture model.name, checked by validate
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -476,13 +441,30 @@ def _typed(schema: type, raw: Any, prefix: str) -> Any:
         raise UserError(f"config key {prefix}.{exc.key}: {_short(exc)}") from None
 
 
+def _model_settings(raw: dict) -> ModelConfig:
+    """``raw`` checked against the ``Settings`` of the architecture it names."""
+    from dcgan.models import architectures  # the architectures import this module
+
+    name, known = raw.get("name"), architectures()
+    require(name in known, "model.name", f"unknown architecture {name!r} (choose from {', '.join(known)})")
+    schema = known[name].Settings
+    keys = {field.name for field in dataclasses.fields(schema)}
+    for key in raw:
+        require(
+            key in keys,
+            f"model.{key}",
+            f"architecture {name} has no such setting (its settings: {', '.join(sorted(keys))})",
+        )
+    return _typed(schema, raw, "model")
+
+
 def _optimizer_settings(name: str, network: str, raw: Any) -> Any:
     key = f"optimizer.{network}"
     settings = _typed(OPTIMIZER_SETTINGS[name], raw, key)
-    _require(settings.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {settings.learning_rate}")
+    require(settings.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {settings.learning_rate}")
     if isinstance(settings, RMSpropSettings):
-        _require(settings.clipvalue is None or settings.clipvalue > 0, f"{key}.clipvalue", "must be positive or null")
-        _require(settings.decay >= 0, f"{key}.decay", f"must be >= 0, got {settings.decay}")
+        require(settings.clipvalue is None or settings.clipvalue > 0, f"{key}.clipvalue", "must be positive or null")
+        require(settings.decay >= 0, f"{key}.decay", f"must be >= 0, got {settings.decay}")
     return settings
 
 
@@ -508,15 +490,9 @@ def validate(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         raise UserError(f"config key {key}: {_short(exc)}") from None
-    architecture = model.get("name")
-    _require(
-        architecture in MODEL_SETTINGS,
-        "model.name",
-        f"unknown architecture {architecture!r} (choose from {', '.join(MODEL_SETTINGS)})",
-    )
-    config.model = _typed(MODEL_SETTINGS[architecture], model, "model")
+    config.model = _model_settings(model)
     name = config.optimizer.name
-    _require(
+    require(
         name in OPTIMIZER_SETTINGS,
         "optimizer.name",
         f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZER_SETTINGS)})",

@@ -1,36 +1,40 @@
-"""Architectures: each module only builds a generator and a discriminator for a config.
+"""Architectures: each module of this package that defines ``build_generator`` is one,
+named after its module, and holds all of it (docs/layout.md, "A new architecture"):
 
-A module provides ``check(image_shape)`` (None, or why it cannot make that shape),
-``build_generator(model, image_shape, output_activation)`` and
-``build_discriminator(model, image_shape)``.
+- ``Settings``: the dataclass of the ``model.*`` keys it reads (dcgan.config.ModelConfig
+  and its own), checked when the config is validated;
+- ``check(image_shape)``: None, or why it cannot make images of that shape;
+- ``build_generator(model, image_shape, output_activation)`` and
+  ``build_discriminator(model, image_shape)``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import cache
 from types import ModuleType
 
 import keras
 
 from dcgan.config import ModelConfig
 from dcgan.errors import UserError
-from dcgan.models import dcgan, dcgan_fashion, dcgan_mnist, dcgan_rgb128
 
-ARCHITECTURES: dict[str, ModuleType] = {
-    "dcgan_mnist": dcgan_mnist,
-    "dcgan_fashion": dcgan_fashion,
-    "dcgan_rgb128": dcgan_rgb128,
-    "dcgan": dcgan,
-}
+
+@cache
+def architectures() -> dict[str, ModuleType]:
+    """The architecture modules of this package by name, found by what they define."""
+    modules = (importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__))
+    return {module.__name__.rsplit(".", 1)[1]: module for module in modules if hasattr(module, "build_generator")}
 
 
 def architecture_for(model: ModelConfig, image_shape: tuple[int, int, int]) -> ModuleType:
     """The architecture module of ``model.name``; a UserError if there is none or it cannot
     make images of ``image_shape`` (train calls this before any data work)."""
-    if model.name not in ARCHITECTURES:
-        raise UserError(
-            f"config key model.name: unknown architecture {model.name!r} (choose from {', '.join(ARCHITECTURES)})"
-        )
-    architecture = ARCHITECTURES[model.name]
+    known = architectures()
+    if model.name not in known:
+        raise UserError(f"config key model.name: unknown architecture {model.name!r} (choose from {', '.join(known)})")
+    architecture = known[model.name]
     problem = architecture.check(tuple(image_shape))
     if problem:
         raise UserError(

@@ -9,12 +9,30 @@ every halving of resolution from ``model.filters``, capped at ``model.max_filter
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 from keras import layers
+from omegaconf import MISSING
 
-from dcgan.config import RadfordModel
+from dcgan.config import ModelConfig, require
 from dcgan.models.layers import FusedBatchNormalization
+
+
+@dataclass
+class Settings(ModelConfig):
+    max_filters: int = MISSING  # width cap
+    g_activation: str = MISSING  # relu (Radford et al.) or leaky_relu
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.max_filters >= self.filters,
+            "model.max_filters",
+            f"must be >= model.filters ({self.filters}), got {self.max_filters}",
+        )
+        require(self.g_activation in ("relu", "leaky_relu"), "model.g_activation", "must be relu or leaky_relu")
+
 
 KERNEL = 4
 BASE = 4  # the generator starts from a 4x4 map
@@ -27,17 +45,17 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None
 
 
-def _widths(model: RadfordModel, size: int) -> list[int]:
+def _widths(model: Settings, size: int) -> list[int]:
     """Channel widths at 4x4, 8x8, ..., size/2 x size/2 (generator order)."""
     levels = int(math.log2(size // BASE))
     return [min(model.filters * 2 ** (levels - 1 - i), model.max_filters) for i in range(levels)]
 
 
-def _activation(model: RadfordModel) -> layers.Layer:
+def _activation(model: Settings) -> layers.Layer:
     return layers.ReLU() if model.g_activation == "relu" else layers.LeakyReLU(model.leaky_slope)
 
 
-def build_generator(model: RadfordModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: Settings, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     size, _, channels = image_shape
     widths = _widths(model, size)
     stack = [
@@ -61,7 +79,7 @@ def build_generator(model: RadfordModel, image_shape: tuple[int, int, int], outp
     return keras.Sequential(stack, name="generator")
 
 
-def build_discriminator(model: RadfordModel, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: Settings, image_shape: tuple[int, int, int]) -> keras.Model:
     widths = list(reversed(_widths(model, image_shape[0])))
     stack = [keras.Input(image_shape)]
     for i, width in enumerate(widths):

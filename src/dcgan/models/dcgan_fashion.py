@@ -11,8 +11,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dcgan.config import DropoutModel
+from dcgan.config import DropoutModelConfig
 from dcgan.models.layers import FastDropout, FusedBatchNormalization
+
+Settings = DropoutModelConfig  # the keys this architecture reads
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
@@ -20,7 +22,7 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None if size == width and size % 4 == 0 else "needs square images whose side is a multiple of 4"
 
 
-def build_generator(model: DropoutModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: Settings, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     size, _, channels = image_shape
     quarter = size // 4
     slope = model.leaky_slope
@@ -42,7 +44,7 @@ def build_generator(model: DropoutModel, image_shape: tuple[int, int, int], outp
     )
 
 
-def build_discriminator(model: DropoutModel, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: Settings, image_shape: tuple[int, int, int]) -> keras.Model:
     stack = [keras.Input(image_shape)]
     for width, stride in ((model.filters, 2), (model.filters * 2, 2), (model.filters * 2, 1), (model.filters * 4, 1)):
         stack += [

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 from keras import layers
+from omegaconf import MISSING
 
-from dcgan.config import TutorialModel
+from dcgan.config import DropoutModelConfig, require
 from dcgan.models.layers import FastDropout, FusedBatchNormalization
+
+
+@dataclass
+class Settings(DropoutModelConfig):
+    """The tutorial's networks with a configurable depth of D."""
+
+    d_blocks: int = MISSING  # strided convolutions in D (2 as in the TF tutorial)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
 
 
 def check(image_shape: tuple[int, int, int]) -> str | None:
     return None if tuple(image_shape) == (28, 28, 1) else "makes 28x28x1 images only"
 
 
-def build_generator(model: TutorialModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: Settings, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     """Dense 7x7x256 -> 7x7x128 -> 14x14x64 -> 28x28x1: 2,330,944 parameters at latent 100."""
     slope = model.leaky_slope
     return keras.Sequential(
@@ -38,7 +52,7 @@ def build_generator(model: TutorialModel, image_shape: tuple[int, int, int], out
     )
 
 
-def build_discriminator(model: TutorialModel, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: Settings, image_shape: tuple[int, int, int]) -> keras.Model:
     """``model.d_blocks`` strided 5x5 convolutions of ``model.filters`` doubling widths, each
     with dropout, then one output. As published: 2 blocks of 64 and 128, 212,865 parameters."""
     slope = model.leaky_slope

@@ -10,9 +10,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dcgan.config import DropoutModel
+from dcgan.config import DropoutModelConfig
 from dcgan.models.layers import FastDropout
 
+Settings = DropoutModelConfig  # the keys this architecture reads
 START = 16
 
 
@@ -20,7 +21,7 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
     return None if tuple(image_shape[:2]) == (128, 128) else "makes 128x128 images only"
 
 
-def build_generator(model: DropoutModel, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
+def build_generator(model: Settings, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
     channels = image_shape[2]
     slope = model.leaky_slope
     width = model.filters * 4
@@ -43,7 +44,7 @@ def build_generator(model: DropoutModel, image_shape: tuple[int, int, int], outp
     return keras.Sequential(stack, name="generator")
 
 
-def build_discriminator(model: DropoutModel, image_shape: tuple[int, int, int]) -> keras.Model:
+def build_discriminator(model: Settings, image_shape: tuple[int, int, int]) -> keras.Model:
     slope = model.leaky_slope
     stack = [keras.Input(image_shape), layers.Conv2D(model.filters, 3), layers.LeakyReLU(slope)]
     for width in (model.filters, model.filters * 2, model.filters * 2, model.filters * 4):  # 126 -> 8
