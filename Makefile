@@ -54,10 +54,10 @@ params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) 
 SERVER_PORT ?= 5000
 DB_PORT ?= 5433
 server: install  ## start it (again): prints the MLFLOW_TRACKING_URI to use
-	$(BIN)/python src/server.py start --port $(SERVER_PORT) --db-port $(DB_PORT)
+	$(BIN)/python src/tracking_server.py start --port $(SERVER_PORT) --db-port $(DB_PORT)
 
 server-stop: install  ## stop it; its runs, registry and artifacts stay in .mlflow-server/
-	$(BIN)/python src/server.py stop
+	$(BIN)/python src/tracking_server.py stop
 
 clean:  ## remove run outputs (not the venv, not DVC's cache)
 	rm -rf data/prepared models reports/samples reports/figures outputs multirun

@@ -1,4 +1,4 @@
-"""The team's tracking server (`src/server.py`, dcgan.server): real PostgreSQL and `mlflow
+"""The team's tracking server (`src/tracking_server.py`, dcgan.tracking_server): real PostgreSQL and `mlflow
 server` processes on 127.0.0.1, written to by sweeps, a DVC queue and a training that
 outlives a server restart; a wrong password or a database that is down is one line."""
 
@@ -34,7 +34,7 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from dcgan import server
+from dcgan import tracking_server
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +49,11 @@ class TeamServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self, action: str) -> subprocess.CompletedProcess:
-        """``python src/server.py <action>`` as a user runs it."""
+        """``python src/tracking_server.py <action>`` as a user runs it."""
         return subprocess.run(
             [
                 sys.executable,
-                str(REPO / "src/server.py"),
+                str(REPO / "src/tracking_server.py"),
                 action,
                 "--folder",
                 str(self.folder),
@@ -86,12 +86,12 @@ def team_server():
     assert started.returncode == 0, started.stderr[-3000:]
     assert f"export MLFLOW_TRACKING_URI={team.uri}" in started.stdout
     yield team
-    server.stop(team.folder)
+    tracking_server.stop(team.folder)
     shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_the_server_keeps_its_runs_across_a_restart_and_its_secrets_to_itself(team_server):
-    folder = server.ServerFolder(team_server.folder)
+    folder = tracking_server.ServerFolder(team_server.folder)
     assert oct(folder.password_file.stat().st_mode & 0o777) == "0o600"
     password = folder.password()
     with psycopg.connect(
@@ -126,7 +126,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(team_server, tmp_path):
         f"error: 127.0.0.1:{team_server.port}: the port for the MLflow server is in use by another "
         "process; stop that process or choose another port (--port, or SERVER_PORT= for make server)"
     )
-    assert not server.ServerFolder(second.folder).cluster.exists()  # no PostgreSQL left running or even made
+    assert not tracking_server.ServerFolder(second.folder).cluster.exists()  # no PostgreSQL left running or even made
     assert second.command("status").stdout.strip() == f"{second.folder}: no server was started here"
 
     second.port, second.db_port = free_port(), team_server.db_port  # the first server's PostgreSQL
@@ -225,7 +225,7 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
             env=env,
         )
         training.wait_until(lambda: logged_rounds(experiment) >= 1, timeout=300)
-        server.stop(team_server.folder)
+        tracking_server.stop(team_server.folder)
         training.rounds_at_outage = training.rounds_started()
         time.sleep(15)
         training.alive_after_outage = training.process.poll() is None
@@ -277,7 +277,7 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
 
 
 def test_a_wrong_password_or_a_database_that_is_down_is_one_line(team_server, tmp_path):
-    folder = server.ServerFolder(team_server.folder)
+    folder = tracking_server.ServerFolder(team_server.folder)
     direct = f"postgresql://mlflow:wrong@127.0.0.1:{team_server.db_port}/mlflow"
     result = run_stage("train", *TINY, f"tracking.uri={direct}", cwd=tmp_path, check=False)
     assert last_line_error(result) == (
@@ -304,7 +304,9 @@ def test_a_wrong_password_or_a_database_that_is_down_is_one_line(team_server, tm
 
     # PostgreSQL down behind a running MLflow server: the pre-flight check fails in seconds.
     subprocess.run(
-        server._as_db_account([server._postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"]),
+        tracking_server._as_db_account(
+            [tracking_server._postgres_bin("pg_ctl"), "stop", "-D", str(folder.cluster), "-m", "fast", "-w"]
+        ),
         check=True,
     )
     try:

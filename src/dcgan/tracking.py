@@ -164,7 +164,7 @@ def _reason(exc: Exception) -> str:
         code = server_error.group(1) or server_error.group(2)
         return f"the server failed to answer (HTTP {code}; is its database up? see the server's log)"
     if "Connection refused" in text or "Failed to establish a new connection" in text:
-        return "connection refused (is the server running? python src/server.py status)"
+        return "connection refused (is the server running? python src/tracking_server.py status)"
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 

@@ -1,11 +1,11 @@
-"""Entry point: `python src/server.py start|stop|status` (docs/team.md): a shared MLflow
+"""Entry point: `python src/tracking_server.py start|stop|status` (docs/team.md): a shared MLflow
 tracking server on PostgreSQL, on 127.0.0.1, kept in a project-local folder."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from dcgan import server
+from dcgan import tracking_server
 from dcgan.errors import UserError
 from dcgan.project import enter_root
 
@@ -22,14 +22,14 @@ def main() -> None:
     try:
         enter_root(sys.argv[0])
         if args.action == "start":
-            uri = server.start(args.folder, args.port, args.db_port)
-            print(server.status(args.folder))
+            uri = tracking_server.start(args.folder, args.port, args.db_port)
+            print(tracking_server.status(args.folder))
             print(f"use it: export MLFLOW_TRACKING_URI={uri}   (or tracking.uri={uri})")
         elif args.action == "stop":
-            server.stop(args.folder)
-            print(server.status(args.folder))
+            tracking_server.stop(args.folder)
+            print(tracking_server.status(args.folder))
         else:
-            print(server.status(args.folder))
+            print(tracking_server.status(args.folder))
     except UserError as exc:
         sys.exit(f"error: {exc}")
 

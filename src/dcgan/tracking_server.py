@@ -155,7 +155,7 @@ def _initialise_cluster(folder: ServerFolder) -> None:
     finally:
         password_copy.unlink(missing_ok=True)
     with open(building / "postgresql.conf", "a") as conf:
-        conf.write(f"\n# dcgan.server\nlisten_addresses = '{HOST}'\nunix_socket_directories = ''\n")
+        conf.write(f"\n# dcgan.tracking_server\nlisten_addresses = '{HOST}'\nunix_socket_directories = ''\n")
     building.rename(folder.cluster)
 
 
