@@ -58,7 +58,7 @@ def main() -> None:
     prepared, manifest = prepared_dataset(config)
     space = quality.feature_space(config, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")
-    scorer = quality.Scorer(space, config, prepared, manifest, COUNT)
+    scorer = quality.Scorer(space, config.metrics, prepared, manifest, COUNT)
     train_images, train_labels = load_images(prepared, manifest, "train", 60000)
 
     if args.what == "floor":
@@ -75,7 +75,7 @@ def main() -> None:
         )
         return
 
-    progress = quality.Scorer(space, config, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
+    progress = quality.Scorer(space, config.metrics, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
     noise = np.random.default_rng(0).standard_normal((COUNT, config.model.latent_dim)).astype(np.float32)
     generator, _ = tutorial_curve(config, manifest, train_images, progress, noise[:2000], epochs=args.epochs)
     samples = quality.generate(generator, noise)

@@ -108,7 +108,7 @@ def main() -> None:
     default_fid = next((row["fid"] for minutes, row in rows if minutes == budget), rows[-1][1].get("fid"))
 
     tutorial = configure(workdir, ["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
-    progress = quality.Scorer(space, tutorial, prepared, manifest, 2000)
+    progress = quality.Scorer(space, tutorial.metrics, prepared, manifest, 2000)
     images, _ = load_images(prepared, manifest, "train", manifest["splits"]["train"]["count"])
     noise = np.random.default_rng(0).standard_normal((2000, tutorial.model.latent_dim)).astype(np.float32)
     _, curve = tutorial_curve(tutorial, manifest, images, progress, noise, budget_seconds=budget * 60)

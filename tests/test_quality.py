@@ -35,7 +35,7 @@ def scored(tmp_path_factory):
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
     space = quality.feature_space(config, prepared, manifest)
-    scorer = quality.Scorer(space, config, prepared, manifest, COUNT)
+    scorer = quality.Scorer(space, config.metrics, prepared, manifest, COUNT)
     images, labels = load_images(prepared, manifest, "test", 3 * COUNT)
     return config, prepared, manifest, scorer, images[COUNT:], labels[COUNT:]
 

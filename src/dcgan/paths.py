@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from dcgan.config import Config
+from dcgan.config import PathsConfig
 from dcgan.errors import UserError
 
 RERUN_TRAIN = "run the train stage first (dvc repro train)"
@@ -54,8 +54,8 @@ class TrainOutputs:
         return self.reports_dir / "train_metrics.json"
 
 
-def outputs_of(config: Config) -> TrainOutputs:
-    return TrainOutputs(Path(config.paths.models_dir), Path(config.paths.reports_dir))
+def outputs_of(paths: PathsConfig) -> TrainOutputs:
+    return TrainOutputs(Path(paths.models_dir), Path(paths.reports_dir))
 
 
 def load_trained(path: Path) -> keras.Model:

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import metrics
-from dcgan.config import Config
+from dcgan.config import Config, MetricsConfig
 from dcgan.data.pipeline import load_images
 from dcgan.domain_classifier import classifier_for
 from dcgan.errors import UserError
@@ -97,16 +97,16 @@ def scorer_for(config: Config, prepared: Path, manifest: dict, count: int) -> Sc
     """A scorer of ``count`` samples against the test split in the configured feature space
     (training the domain classifier first if needed); None for data without class labels."""
     space = feature_space(config, prepared, manifest)
-    return None if space is None else Scorer(space, config, prepared, manifest, count)
+    return None if space is None else Scorer(space, config.metrics, prepared, manifest, count)
 
 
 class Scorer:
     """The real test split's features, computed once, and scores of generated images against them."""
 
-    def __init__(self, space: FeatureSpace, config: Config, prepared: Path, manifest: dict, count: int):
+    def __init__(self, space: FeatureSpace, settings: MetricsConfig, prepared: Path, manifest: dict, count: int):
         real, labels = load_images(prepared, manifest, "test", count)
         self.space = space
-        self.settings = config.metrics
+        self.settings = settings
         self.real_features, real_probs = space(real)
         # Mode coverage compares predicted classes with the real ones: the true labels for
         # the domain classifier, Inception's own predictions on the real images otherwise.

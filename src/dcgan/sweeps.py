@@ -31,7 +31,7 @@ class MLflowSweepRun(Callback):
             return
         try:
             settings = validate(config)
-            tracking.connect(settings)
+            tracking.connect(settings.tracking)
         except UserError as exc:  # every job will report it, with its one-line error
             log.warning("no MLflow parent run for this sweep: %s", exc)
             return

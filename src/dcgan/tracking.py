@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from dcgan.config import OVERRIDES_TAG, Config, flatten, to_dict
+from dcgan.config import OVERRIDES_TAG, Config, TrackingConfig, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.files import locked
 from dcgan.precision import Precision
@@ -37,10 +37,10 @@ CHAMPION = "champion"  # the registry alias of a dataset's best generator so far
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
 
 
-def tracking_uri(config: Config) -> str:
+def tracking_uri(settings: TrackingConfig) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default SQLite store,
     ``mlflow.db``, anchored at the project root (so ``mlflow ui`` there opens it)."""
-    return config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return settings.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def check_store(uri: str) -> None:
@@ -208,8 +208,8 @@ def store_outage_is_user_error() -> Iterator[None]:
         ) from None
 
 
-def connect(config: Config) -> str:
-    uri = tracking_uri(config)
+def connect(settings: TrackingConfig) -> str:
+    uri = tracking_uri(settings)
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri

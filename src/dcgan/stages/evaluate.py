@@ -62,8 +62,8 @@ def _confidence_grids(scorer: Scorer, fake: np.ndarray, manifest: dict, figures:
 def evaluate(config: Config) -> dict:
     """Full-size quality metrics of the last generator (and of the best-FID one), sample
     grids and GIFs, into ``reports/`` (DVC metrics) and the training's MLflow run."""
-    tracking.connect(config)
-    trained = outputs_of(config)
+    tracking.connect(config.tracking)
+    trained = outputs_of(config.paths)
     check_writable(trained.models_dir)
     with locked(trained.models_dir):
         return _evaluate(config, trained)

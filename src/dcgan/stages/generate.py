@@ -32,7 +32,7 @@ def load_generator(config: Config) -> keras.Model:
     source = config.generate.model
     run = RUN_ID.fullmatch(source)
     if run or source.startswith("models:/"):
-        tracking.connect(config)
+        tracking.connect(config.tracking)
         uri = tracking.generator_uri(run.group(1)) if run else source
         try:
             model = mlflow.tensorflow.load_model(uri)

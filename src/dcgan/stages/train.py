@@ -140,8 +140,8 @@ def train(config: Config) -> dict:
     split_cpu(config.train.cpu_devices)  # both before TensorFlow starts
     limit_threads(config.train.threads)
     models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
-    tracking.connect(config)  # before any work: an unusable store fails in seconds
-    out = outputs_of(config)
+    tracking.connect(config.tracking)  # before any work: an unusable store fails in seconds
+    out = outputs_of(config.paths)
     check_writable(out.models_dir, out.reports_dir, out.checkpoints, out.samples)
     with locked(out.models_dir), stop_signals as stop:
         prepared, manifest = prepared_dataset(config)
