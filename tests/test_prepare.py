@@ -12,8 +12,8 @@ from conftest import MIRROR, TINY, archive_entry, compose_config, flower_archive
 from dcgan.data import idx, sources, tfrecords
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.data.prepare import prepare
-from dcgan.devices import set_global_seed
 from dcgan.errors import UserError
+from dcgan.runtime import set_global_seed
 
 MNIST = sources.DATASETS["mnist"]
 

@@ -8,8 +8,6 @@ it, and ``Checkpointer`` (last) commits a round only after its grid and metrics 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -125,15 +123,6 @@ class MLflowMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, round_index, logs=None):
         if round_index >= self.logged_rounds:
             mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=round_index + 1)
-
-
-def history_csv(history: list[dict]) -> str:
-    """The per-round metrics as CSV, the file ``dvc plots`` draws."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buffer.getvalue()
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -3,16 +3,10 @@ evaluate and generate read."""
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-
 from dcgan.config import PathsConfig
-from dcgan.errors import UserError
-
-RERUN_TRAIN = "run the train stage first (dvc repro train)"
 
 
 @dataclass(frozen=True)
@@ -56,20 +50,3 @@ class TrainOutputs:
 
 def outputs_of(paths: PathsConfig) -> TrainOutputs:
     return TrainOutputs(Path(paths.models_dir), Path(paths.reports_dir))
-
-
-def load_trained(path: Path) -> keras.Model:
-    if not path.is_file():
-        raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
-    if not zipfile.is_zipfile(path):  # Keras itself calls a truncated archive "File not found"
-        raise UserError(
-            f"{path}: not a readable Keras model (truncated or damaged: not a complete .keras archive); "
-            "rerun the train stage (dvc repro -f train)"
-        )
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to KeyError
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)"
-        ) from None

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import zipfile
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 
 import keras
 
 from dcgan.config import ModelConfig
 from dcgan.errors import UserError
+
+RERUN_TRAIN = "run the train stage first (dvc repro train)"
 
 
 @cache
@@ -54,3 +58,21 @@ def build(
         architecture.build_generator(model, tuple(image_shape), output_activation),
         architecture.build_discriminator(model, tuple(image_shape)),
     )
+
+
+def load_trained(path: Path) -> keras.Model:
+    """A network the train stage saved; a UserError naming the file if it is missing or damaged."""
+    if not path.is_file():
+        raise UserError(f"{path}: trained model not found; {RERUN_TRAIN}")
+    if not zipfile.is_zipfile(path):  # Keras itself calls a truncated archive "File not found"
+        raise UserError(
+            f"{path}: not a readable Keras model (truncated or damaged: not a complete .keras archive); "
+            "rerun the train stage (dvc repro -f train)"
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras reports a damaged archive as anything from ValueError to KeyError
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path}: not a readable Keras model ({reason}); rerun the train stage (dvc repro -f train)"
+        ) from None

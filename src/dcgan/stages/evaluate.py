@@ -19,7 +19,8 @@ from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest, split_sha256, to_uint8
 from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, staged_outputs, write_json
-from dcgan.paths import RERUN_TRAIN, TrainOutputs, load_trained, outputs_of
+from dcgan.models import RERUN_TRAIN, load_trained
+from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.quality import QUALITY_KEYS, Scorer, generate
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from dcgan.data.prepare import normalization
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import UserError
 from dcgan.files import atomic_write, check_writable, staged_outputs
-from dcgan.paths import load_trained
+from dcgan.models import load_trained
 from dcgan.quality import generate as run_generator
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import shutil
@@ -16,13 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import models, quality, resume, search, tracking, viz
-from dcgan.callbacks import Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput, history_csv
+from dcgan.callbacks import HISTORY_KEYS, Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.config import Config, OptimizerConfig, to_dict
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import manifest_sha256
-from dcgan.devices import distribution, limit_threads, set_global_seed, split_cpu
 from dcgan.errors import Interrupted
 from dcgan.files import check_writable, json_text, locked, replace_together
 from dcgan.gan import GAN, SkipNonFiniteSteps
@@ -30,6 +30,7 @@ from dcgan.models.layers import standard_copy
 from dcgan.paths import TrainOutputs, outputs_of
 from dcgan.precision import resolve_precision, set_precision
 from dcgan.resume import Schedule
+from dcgan.runtime import distribution, limit_threads, set_global_seed, split_cpu
 from dcgan.signals import StopSignals, stop_signals
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def _write_outputs(
             out.best_generator: partial(shutil.copyfile, best)
             if best is not None and best.is_file()
             else gan.sampler.save,
-            out.history: lambda path: path.write_text(history_csv(state.history)),
+            out.history: lambda path: path.write_text(_history_csv(state.history)),
             out.metrics: lambda path: path.write_text(json_text(final)),
             out.run_info: lambda path: path.write_text(json_text(run_record)),
         }
@@ -267,3 +268,12 @@ def _fit(
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
+
+
+def _history_csv(history: list[dict]) -> str:
+    """The per-round metrics as CSV, the file ``dvc plots`` draws."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()

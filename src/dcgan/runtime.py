@@ -1,5 +1,5 @@
-"""Process-wide settings for training: the distribution strategy and seeds (precision:
-``dcgan.precision``)."""
+"""How the training process runs: its devices, threads, distribution strategy and global
+seeds (its precision: ``dcgan.precision``)."""
 
 from __future__ import annotations
 
