@@ -78,7 +78,7 @@ def main() -> None:
     progress = quality.Scorer(space, config.metrics, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
     noise = np.random.default_rng(0).standard_normal((COUNT, config.model.latent_dim)).astype(np.float32)
     generator, _ = tutorial_curve(config, manifest, train_images, progress, noise[:2000], epochs=args.epochs)
-    samples = quality.generate(generator, noise)
+    samples = quality.samples_of(generator, noise)
     show(f"tutorial loop, {args.epochs} epochs", scorer.score(samples))
     if args.grid:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
@@ -109,7 +109,7 @@ def tutorial_curve(
                 break
         generator.trainable_variables[0].numpy()  # wait for the last step
         trained += time.perf_counter() - started
-        rows.append((epoch, trained, progress.score(quality.generate(generator, noise))["fid"]))
+        rows.append((epoch, trained, progress.score(quality.samples_of(generator, noise))["fid"]))
         print(
             f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID (2,000 samples) {rows[-1][2]:.2f}",
             flush=True,

@@ -20,7 +20,7 @@ from dcgan import viz
 from dcgan.checkpoints import CheckpointDir, RunState
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import TrainingDiverged
-from dcgan.quality import QUALITY_KEYS, Scorer, generate
+from dcgan.quality import QUALITY_KEYS, Scorer, samples_of
 from dcgan.signals import StopSignals
 
 PROGRESS = "progress/"  # prefix of in-training quality metrics in ``logs`` and MLflow
@@ -107,7 +107,7 @@ class QualityMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, round_index, logs=None):
         if (round_index + 1) % self.every and round_index + 1 != self.last_round:
             return
-        scores = self.scorer.score(generate(self.model.sampler, self.noise))
+        scores = self.scorer.score(samples_of(self.model.sampler, self.noise))
         logs.update({PROGRESS + key: value for key, value in scores.items()})
 
 

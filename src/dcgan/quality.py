@@ -140,7 +140,7 @@ class Scorer:
         return self.space(images)[1].max(axis=1)
 
 
-def generate(generator: keras.Model, noise: np.ndarray) -> np.ndarray:
+def samples_of(generator: keras.Model, noise: np.ndarray) -> np.ndarray:
     """The generator's images for ``noise``, in batches, in inference mode."""
     return np.concatenate(
         [np.asarray(generator(noise[i : i + BATCH], training=False)) for i in range(0, len(noise), BATCH)]

@@ -24,7 +24,7 @@ from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
 from dcgan.config import Config, run_identity, scoring_identity
 from dcgan.errors import UserError
 from dcgan.paths import TrainOutputs
-from dcgan.quality import Scorer, generate
+from dcgan.quality import Scorer, samples_of
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,11 @@ def rescore_if_changed(
     )
     best = checkpoints.best_generator(state)
     if best is not None and best.is_file():
-        state.best["fid"] = round(scorer.score(generate(keras.models.load_model(best, compile=False), noise))["fid"], 6)
+        best_generator = keras.models.load_model(best, compile=False)
+        state.best["fid"] = round(scorer.score(samples_of(best_generator, noise))["fid"], 6)
     if complete:
         last = state.history[-1]
-        last.update({key: round(value, 6) for key, value in scorer.score(generate(gan.sampler, noise)).items()})
+        last.update({key: round(value, 6) for key, value in scorer.score(samples_of(gan.sampler, noise)).items()})
         if state.best is None or last["fid"] < state.best["fid"]:
             checkpoints.save_best(gan.sampler, state, last["epoch"], last["fid"])
 

@@ -21,7 +21,7 @@ from dcgan.errors import UserError
 from dcgan.files import check_writable, locked, staged_outputs, write_json
 from dcgan.models import RERUN_TRAIN, load_trained
 from dcgan.paths import TrainOutputs, outputs_of
-from dcgan.quality import QUALITY_KEYS, Scorer, generate
+from dcgan.quality import QUALITY_KEYS, Scorer, samples_of
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
 
     real, _ = load_images(prepared, manifest, "test", config.evaluate.num_samples)
     noise = rng.standard_normal((len(real), generator.input_shape[-1])).astype(np.float32)
-    fake = generate(generator, noise)
+    fake = samples_of(generator, noise)
     scores = _diagnostics(load_trained(trained.discriminator), real, fake)
     # The figures replace the old ones as a set, then metrics.json: an interrupted or failed
     # evaluation leaves the previous outputs (they persist under DVC).
@@ -134,7 +134,7 @@ def _draw_figures(
     latent_dim = generator.input_shape[-1]
     points = rng.standard_normal((16, settings.interpolation_points, latent_dim))
     walks = np.stack([viz.latent_walk(p, settings.interpolation_steps) for p in points], axis=1)  # frames x 16 x latent
-    frames = to_uint8(generate(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
+    frames = to_uint8(samples_of(generator, walks.reshape(-1, latent_dim).astype(np.float32)), manifest)
     frames = frames.reshape(len(walks), 16, *frames.shape[1:])
     viz.save_gif(
         figures / "interpolation.gif",
@@ -152,7 +152,7 @@ def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: Train
     if state is not None and state.best is not None:
         scores["best"] = {
             "epoch": state.best["epoch"],
-            **scorer.score(generate(load_trained(trained.best_generator), noise)),
+            **scorer.score(samples_of(load_trained(trained.best_generator), noise)),
         }
     return scores
 

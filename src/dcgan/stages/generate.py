@@ -20,7 +20,7 @@ from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import UserError
 from dcgan.files import atomic_write, check_writable, staged_outputs
 from dcgan.models import load_trained
-from dcgan.quality import generate as run_generator
+from dcgan.quality import samples_of
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def generate_images(config: Config) -> Path:
     out = Path(settings.out_dir)
     check_writable(out)
     pixels = {"normalization": normalization(config.data.pixel_range)}
-    images = to_uint8(run_generator(generator, latents), pixels)
+    images = to_uint8(samples_of(generator, latents), pixels)
     columns = int(np.ceil(np.sqrt(len(images))))
     with staged_outputs(out) as staging:
         if settings.grid:
@@ -101,7 +101,7 @@ def generate_images(config: Config) -> Path:
             atomic_write(staging / "images.npy", lambda handle: handle.write(buffer.getvalue()))
         if settings.interpolation_steps:
             walk = viz.latent_walk(latents, settings.interpolation_steps)
-            frames = to_uint8(run_generator(generator, walk), pixels)
+            frames = to_uint8(samples_of(generator, walk), pixels)
             frames = [viz.upscale(frame, viz.GRID_UPSCALE * 2) for frame in frames]
             viz.save_gif(staging / "interpolation.gif", frames, fps=config.evaluate.gif_fps)
     log.info("generated %d images from %s into %s", len(images), settings.model, out)
