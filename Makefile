@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # Debian packages the tests start for real: Graphviz draws the architecture diagrams logged to
 # MLflow, PostgreSQL backs the team's MLflow server, OpenSSH serves the DVC SSH remote.
-SYSTEM_PACKAGES := graphviz postgresql openssh-server
+SYSTEM_PACKAGES := graphviz postgresql openssh-server chromium
 
 .PHONY: install system-packages run test test-quick params server server-stop clean
 

@@ -260,7 +260,8 @@ def experiment_id(name: str) -> str:
     """The experiment's id, creating it if needed. With a local SQLite store, artifacts go
     to ``<project>/mlartifacts`` (not a path relative to wherever the first run happened
     to start, which for a queued DVC experiment is a temp copy deleted afterwards)."""
-    # The kind makes `mlflow ui` open it in the model-training view, not the GenAI one.
+    # Marked as model training, not GenAI (MLflow 3.17's UI still opens in its GenAI view until
+    # switched: README; tests/test_mlflow_ui.py).
     kind = {EXPERIMENT_KIND: "custom_model_development"}
 
     def lookup_or_create() -> str:
