@@ -51,6 +51,16 @@ def _synthetic_mirror() -> Path:
 
 MIRROR = REAL_MIRROR if HAS_REAL_MIRROR else _synthetic_mirror()
 TINY = ["debug=tiny"]
+# What the train stage leaves in a project (the first round's grid among them).
+TRAIN_OUTPUTS = (
+    "models/generator.keras",
+    "models/generator_best.keras",
+    "models/discriminator.keras",
+    "models/run.json",
+    "reports/train_history.csv",
+    "reports/train_metrics.json",
+    "reports/samples/epoch_0001.png",
+)
 # The default optimizer's rates as conf/ states them, so tests follow a retuned default.
 DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 

@@ -12,19 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, Training, as_project, last_line_error, mlflow_client, run_stage, training_run_id
+from conftest import (
+    REPO,
+    TINY,
+    TRAIN_OUTPUTS,
+    Training,
+    as_project,
+    last_line_error,
+    mlflow_client,
+    run_stage,
+    training_run_id,
+)
 
 pytestmark = pytest.mark.slow
 
-TRAIN_OUTPUTS = (
-    "models/generator.keras",
-    "models/generator_best.keras",
-    "models/discriminator.keras",
-    "models/run.json",
-    "reports/train_history.csv",
-    "reports/train_metrics.json",
-    "reports/samples/epoch_0001.png",
-)
 # The outputs a rerun rebuilds from the checkpoint folder alone.
 REBUILT = [path for path in TRAIN_OUTPUTS if not path.startswith("reports/samples")]
 
