@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -16,7 +15,7 @@ import pytest
 from conftest import free_port, needs_package
 from projects import as_project
 
-from dcgan import tracking
+from dcgan import tracking, tracking_server
 
 pytestmark = pytest.mark.slow
 RUN_NAME = "mnist dcgan_mnist adam: debug=tiny"
@@ -44,13 +43,9 @@ def test_the_readme_address_opens_the_runs_in_the_model_training_view(tmp_path, 
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(1)
+        while not tracking_server._healthy(f"http://127.0.0.1:{port}"):
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+            time.sleep(1)
         page = f"http://127.0.0.1:{port}/#/experiments/{experiment}"
         assert RUN_NAME in _page_text(f"{page}?workflowType=machine_learning", tmp_path / "browser-1")
         default = _page_text(page, tmp_path / "browser-2")
