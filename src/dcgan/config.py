@@ -51,6 +51,7 @@ class DataConfig:
     mirror: Optional[str] = None  # local mirror folder; falls back to $DCGAN_DATA_MIRROR
     urls: List[str] = MISSING  # base URLs tried in order when downloading ([] for none)
     limit: Optional[int] = None  # use only the first N training images
+    test_limit: Optional[int] = None  # use only the first N test images (the classifier's accuracy, FID's real side)
     image_size: int = 28
     channels: int = 1  # image folders: 1 (grey) or 3 (RGB); IDX data is grey
     pixel_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
@@ -66,7 +67,9 @@ class DataConfig:
     max_skipped_fraction: float = 0.05  # more unreadable/too-small files than this is an error
 
     def __post_init__(self) -> None:
-        require(self.limit is None or self.limit > 0, "data.limit", f"must be positive or null, got {self.limit}")
+        for key in ("limit", "test_limit"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"data.{key}", f"must be positive or null, got {value}")
         require(8 <= self.image_size <= 1024, "data.image_size", f"must be in 8..1024, got {self.image_size}")
         require(self.shards >= 1, "data.shards", f"must be at least 1, got {self.shards}")
         require(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")

@@ -54,8 +54,8 @@ def _idx_splits(config: Config) -> tuple[dict, dict]:
         ("test", spec.test_images, spec.test_labels),
     ):
         arrays[split] = idx.parse_pair(contents[images.name], contents[labels.name], images.name, labels.name)
-    if data.limit is not None:
-        arrays["train"] = tuple(a[: data.limit] for a in arrays["train"])
+    for split, limit in (("train", data.limit), ("test", data.test_limit)):
+        arrays[split] = tuple(a[:limit] for a in arrays[split])
     splits = {split: (zip(_resized(x, data.image_size), y), len(y)) for split, (x, y) in arrays.items()}
     described = {
         "source_files": {raw.name: raw.sha256 for raw in spec.files()},
@@ -88,8 +88,8 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
         raise UserError(
             f"{folder}: {len(files)} image files are too few for both a train and a test split (data.test_fraction)"
         )
-    if data.limit is not None:
-        by_split["train"] = by_split["train"][: data.limit]
+    for split, limit in (("train", data.limit), ("test", data.test_limit)):
+        by_split[split] = by_split[split][:limit]
     skipped: list[dict] = []
     splits = {
         split: (image_folder.decode_parallel(chosen, data.image_size, data.channels, skipped), len(chosen))
@@ -136,6 +136,7 @@ def _prepare(config: Config) -> dict:
         "dataset": data.name,
         "source": data.source,
         "limit": data.limit,
+        "test_limit": data.test_limit,
         "image_shape": list(data.image_shape),
         "storage_dtype": "uint8",
         "normalization": normalization(data.pixel_range),
