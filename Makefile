@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # MLflow, PostgreSQL backs the team's MLflow server, OpenSSH serves the DVC SSH remote.
 SYSTEM_PACKAGES := graphviz postgresql openssh-server chromium
 
-.PHONY: install system-packages run test test-quick params server server-stop clean
+.PHONY: install system-packages run test test-quick bench params server server-stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ test: install system-packages  ## lint and format check, then the whole suite, s
 
 test-quick: install  ## unit tests only
 	$(BIN)/pytest -m 'not slow'
+
+# The benchmarks docs/ quotes, at the sizes it quotes (the suite runs each as a smoke run on a
+# sliver of MNIST). Hours on 2 cores; time nothing else meanwhile.
+bench: install  ## throughput, quality floor, precision, launchers, search and time to quality, one after another
+	$(BIN)/python benchmarks/throughput.py --steps 15
+	$(BIN)/python benchmarks/quality.py floor
+	$(BIN)/python benchmarks/quality.py precision --epochs 2
+	$(BIN)/python benchmarks/sweeps.py launchers --jobs 4
+	$(BIN)/python benchmarks/sweeps.py search --trials 8 data.limit=4096
+	$(BIN)/python benchmarks/time_to_quality.py
 
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/
 	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"

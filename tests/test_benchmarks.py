@@ -12,11 +12,13 @@ pytestmark = pytest.mark.slow
 
 
 def run_benchmark(tmp_path, script: str, *args: str) -> str:
-    """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout."""
+    """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout. A smoke
+    run: the figures' form is checked, their size is for `make bench`."""
     overrides = [
         f"paths.prepared_dir={tmp_path}/prepared",
         f"paths.classifier_dir={tmp_path}/classifier",
-        "data.limit=1024",
+        "data.limit=256",
+        "data.test_limit=1000",
         "metrics.classifier.epochs=1",
         "metrics.classifier.min_steps=0",
         "metrics.train_samples=100",

@@ -14,9 +14,8 @@ from dcgan import quality
 from dcgan.config import ClassifierConfig
 from dcgan.data.pipeline import load_images
 from dcgan.data.tfrecords import load_manifest
-from dcgan.domain_classifier import classifier_for, training_epochs
+from dcgan.domain_classifier import build_classifier, classifier_for, training_epochs
 from dcgan.errors import UserError
-from dcgan.models.classifier import build_classifier
 
 COUNT = 2000
 
@@ -27,7 +26,8 @@ def scored(tmp_path_factory):
     test images, and the next 4,000 test images as other real data. (A classifier trained
     on less data maps noise close to digits: precision 0.78 for noise after 2 epochs on
     12,000 images; 0.08 here; 0.015 with the default 3 epochs.)"""
-    workdir, overrides = tmp_path_factory.mktemp("quality"), [*TINY, "data.limit=60000", "metrics.classifier.epochs=1"]
+    workdir = tmp_path_factory.mktemp("quality")
+    overrides = [*TINY, "data.limit=60000", "data.test_limit=null", "metrics.classifier.epochs=1"]
     # Trained by the classifier stage in a process of its own, as users run it: this process's
     # TensorFlow may carry other tests' global settings (op determinism, seeds, policies).
     run_stage("classifier", *overrides, cwd=workdir, own_process=True)
