@@ -6,15 +6,15 @@ For the 28px tutorial architecture at batch 256 (and the 128px RGB model at batc
       ``from_tensor_slices(...).shuffle(...).batch(...)``, fp32 as published;
   (b) product: ``dcgan.stages.train.train`` itself (TFRecord pipeline, the GAN class, fit,
       every callback and MLflow logging on), in fp32 and with ``train.precision=auto``.
-Each is warmed up (one round, excluded), then timed over several rounds: median and
+Each is warmed up (one epoch, excluded), then timed over several epochs: median and
 spread of images/s, the ratio b/a, FLOPs per training image from the layer shapes,
 achieved GFLOP/s and its share of a float32/bfloat16 matmul measured in the same run.
 Also: the input pipeline alone, the share of a step spent waiting for input, and the
-per-round overhead of grids, metrics, MLflow and checkpoints: measured with the in-training
-scores every round and without them, then weighed by the setup's own cadence
-(``metrics.every``) against its own round length (an epoch, or ``train.interval`` steps).
+per-epoch overhead of grids, metrics, MLflow and checkpoints: measured with the in-training
+scores every epoch and without them, then weighed by the setup's own cadence
+(``metrics.every``) against its own epoch length (a pass over the data, or ``train.interval`` steps).
 
-    python benchmarks/throughput.py [--steps 60] [--rounds 3]
+    python benchmarks/throughput.py [--steps 60] [--epochs 3]
 
 The last line is machine-readable: ``speedup_vs_tutorial=... fraction_of_peak=... precision=...``
 (the achieved GFLOP/s of the ``auto`` path as a share of the faster of the two matmul
@@ -60,7 +60,7 @@ def configure(workdir: Path, overrides: list[str]) -> Config:
 
 
 def spread(rates: list[float]) -> str:
-    return f"{statistics.median(rates):8.1f} img/s  (min {min(rates):.1f}, max {max(rates):.1f}, {len(rates)} rounds)"
+    return f"{statistics.median(rates):8.1f} img/s  (min {min(rates):.1f}, max {max(rates):.1f}, {len(rates)} epochs)"
 
 
 def matmul_peak(dtype: tf.DType, size: int = 2048, repeats: int = 10) -> float:
@@ -132,35 +132,35 @@ def tutorial_step(config: Config, image_shape: tuple[int, int, int], batch: int,
 
 
 def tutorial_loop(
-    config: Config, images: np.ndarray, batch: int, steps: int, rounds: int, fused_batch_norm: bool = False
+    config: Config, images: np.ndarray, batch: int, steps: int, epochs: int, fused_batch_norm: bool = False
 ) -> list[float]:
-    """Images/s of the tutorial's training loop over its own input pipeline, per round."""
+    """Images/s of the tutorial's training loop over its own input pipeline, per epoch."""
     generator, train_step = tutorial_step(config, images.shape[1:], batch, fused_batch_norm)
     dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images)).batch(batch, drop_remainder=True).repeat()
     batches = iter(dataset)
     rates = []
-    for round_ in range(rounds + 1):  # the first round (tracing) is warm-up
+    for epoch in range(epochs + 1):  # the first epoch (tracing) is warm-up
         started = time.perf_counter()
         for _ in range(steps):
             train_step(next(batches))
         generator.trainable_variables[0].numpy()  # wait for the last step
-        if round_:
+        if epoch:
             rates.append(steps * batch / (time.perf_counter() - started))
     return rates
 
 
 def product_path(
-    config: Config, workdir: Path, steps: int, rounds: int, precision: str, metrics_every: int = 1
+    config: Config, workdir: Path, steps: int, epochs: int, precision: str, metrics_every: int = 1
 ) -> tuple[list[float], float]:
-    """Per-round images/s of the real ``train`` (warm-up round excluded) and the seconds
-    per round spent outside training steps, with in-training scores every ``metrics_every``
-    rounds (0: none)."""
+    """Per-epoch images/s of the real ``train`` (warm-up epoch excluded) and the seconds
+    per epoch spent outside training steps, with in-training scores every ``metrics_every``
+    epochs (0: none)."""
     label = f"{precision}-metrics{metrics_every}"
     config.paths.models_dir, config.paths.reports_dir = (
         str(workdir / f"models-{label}"),
         str(workdir / f"reports-{label}"),
     )
-    config.train.iterations, config.train.interval, config.train.precision = (rounds + 1) * steps, steps, precision
+    config.train.iterations, config.train.interval, config.train.precision = (epochs + 1) * steps, steps, precision
     config.train.resume, config.metrics.every = "never", metrics_every
     final = train(config)
     timed = history(Path(config.paths.reports_dir) / "train_history.csv")[1:]
@@ -203,8 +203,8 @@ def pipeline_rate(prepared: Path, manifest: dict, batch: int, steps: int) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60, help="steps per timed round (28px model)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--steps", type=int, default=60, help="steps per timed epoch (28px model)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up epoch")
     parser.add_argument("--skip-rgb", action="store_true", help="only the 28px tutorial architecture")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every setup, e.g. data.limit=2048")
     args = parser.parse_args()
@@ -231,7 +231,7 @@ def main() -> None:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
         prepared, manifest = prepared_dataset(config)
         # The setup's own cadence, before the timed runs set theirs.
-        round_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_round
+        epoch_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
         metrics_every = config.metrics.every
         images, _ = load_images(prepared, manifest, "train", 60000)
         generator, discriminator = models.build(
@@ -242,11 +242,11 @@ def main() -> None:
             f"\n== {title}, batch {batch}: {flops / 1e9:.3f} GFLOP per training image (forward + backward)", flush=True
         )
 
-        reference = tutorial_loop(config, images, batch, steps, args.rounds)
+        reference = tutorial_loop(config, images, batch, steps, args.epochs)
         print(f"(a) tutorial loop, fp32      {spread(reference)}", flush=True)
         if any(isinstance(layer, FusedBatchNormalization) for layer in generator.layers + discriminator.layers):
             # Not the reference: how much of (b)'s lead is the fused batch-norm kernel alone.
-            fused = tutorial_loop(config, images, batch, steps, args.rounds, fused_batch_norm=True)
+            fused = tutorial_loop(config, images, batch, steps, args.epochs, fused_batch_norm=True)
             print(
                 f"    same loop with the product's fused batch norm {spread(fused)}  ratio to (a) "
                 f"{statistics.median(fused) / statistics.median(reference):.2f}",
@@ -256,12 +256,12 @@ def main() -> None:
         results = {}
         try:
             for precision in ("fp32", "auto"):
-                results[precision] = product_path(config, workdir, steps, args.rounds, precision)
+                results[precision] = product_path(config, workdir, steps, args.epochs, precision)
                 rates = results[precision][0]
                 ratio = statistics.median(rates) / statistics.median(reference)
                 print(f"(b) product path, {precision:<10} {spread(rates)}  ratio b/a {ratio:.2f}", flush=True)
             # Only for the overhead: the same run without in-training scores.
-            unscored_overhead = product_path(config, workdir, steps, args.rounds, "auto", metrics_every=0)[1]
+            unscored_overhead = product_path(config, workdir, steps, args.epochs, "auto", metrics_every=0)[1]
         except TrainingDiverged as exc:  # a figure for a run that diverged would mean nothing
             keras.backend.clear_session()
             print(f"(b) product path diverged: {exc}", flush=True)
@@ -272,7 +272,7 @@ def main() -> None:
         step_seconds = batch / statistics.median(rates)
         scoring = max(0.0, scored_overhead - unscored_overhead)
         overhead_seconds = unscored_overhead + (scoring / metrics_every if metrics_every else 0.0)
-        per_round = overhead_seconds / (overhead_seconds + round_steps * step_seconds)
+        per_epoch = overhead_seconds / (overhead_seconds + epoch_steps * step_seconds)
         compute = compute_only(config, manifest, images, batch, steps, "auto")
         waiting = max(0.0, 1 - statistics.median(rates) / compute)
         pipeline = pipeline_rate(prepared, manifest, batch, steps)
@@ -288,9 +288,9 @@ def main() -> None:
         )
         cadence = f"every {metrics_every} round(s)" if metrics_every else "never"
         print(
-            f"    per-round overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores "
+            f"    per-epoch overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores "
             f"{scoring:.1f} s; "
-            f"with scores {cadence} as configured = {per_round:.1%} of a {round_steps}-step round",
+            f"with scores {cadence} as configured = {per_epoch:.1%} of a {epoch_steps}-step epoch",
             flush=True,
         )
         summary.setdefault("speedup", statistics.median(rates) / statistics.median(reference))

@@ -7,7 +7,7 @@ loop as published reaches in the same minutes.
 
 (a) ``python src/train.py`` with the default config (plus ``overrides``) as a user runs it,
     in a subprocess; its minutes are wall-clock from the process start to the moment the
-    round's row (and FID) is written, so they include start-up, tracing and the in-training
+    epoch's row (and FID) is written, so they include start-up, tracing and the in-training
     scoring. ``--stop-at-target`` stops it there (SIGTERM: a clean checkpoint), else it
     runs its whole configured length. The prepared data and the domain classifier are
     made before the clock starts (they are cached and shared by both).
@@ -46,7 +46,7 @@ from dcgan.precision import resolve_precision
 def run_default(
     config: Config, workdir: Path, target: float, stop_at_target: bool, overrides: list[str]
 ) -> tuple[list[tuple[float, dict]], float | None]:
-    """(minutes since start, history row) per round of ``src/train.py``, and the minutes at
+    """(minutes since start, history row) per epoch of ``src/train.py``, and the minutes at
     which FID first reached ``target`` (None if it never did)."""
     command = [
         sys.executable,
@@ -58,7 +58,7 @@ def run_default(
         f"paths.reports_dir={workdir / 'reports'}",
         f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
     ]
-    state = workdir / "models/checkpoints/state.json"  # its history grows by a row per committed round
+    state = workdir / "models/checkpoints/state.json"  # its history grows by a row per committed epoch
     rows: list[tuple[float, dict]] = []
     reached = None
     started = time.perf_counter()
@@ -69,14 +69,14 @@ def run_default(
         while process.poll() is None:
             time.sleep(1.0)
             if reached is not None and stop_at_target:
-                continue  # stopping: rounds it may still finish do not count
+                continue  # stopping: epochs it may still finish do not count
             done = json.loads(state.read_text())["history"] if state.is_file() else []
             for row in done[len(rows) :]:
                 minutes = (time.perf_counter() - started) / 60
                 rows.append((minutes, row))
                 fid = row.get("fid", float("nan"))
                 print(
-                    f"default round {int(row['epoch'])}: {minutes:.1f} min, FID (2,000 samples) {fid:.2f}", flush=True
+                    f"default epoch {int(row['epoch'])}: {minutes:.1f} min, FID (2,000 samples) {fid:.2f}", flush=True
                 )
                 if reached is None and row.get("fid", float("inf")) <= target:
                     reached = minutes
@@ -103,7 +103,7 @@ def main() -> None:
 
     rows, reached = run_default(config, workdir, args.target, args.stop_at_target, args.overrides)
     if not rows:
-        raise SystemExit("the default training wrote no rounds")
+        raise SystemExit("the default training wrote no epochs")
     budget = reached if reached is not None else rows[-1][0]
     default_fid = next((row["fid"] for minutes, row in rows if minutes == budget), rows[-1][1].get("fid"))
 

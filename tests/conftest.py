@@ -51,7 +51,7 @@ def _synthetic_mirror() -> Path:
 
 MIRROR = REAL_MIRROR if HAS_REAL_MIRROR else _synthetic_mirror()
 TINY = ["debug=tiny"]
-# What the train stage leaves in a project (the first round's grid among them).
+# What the train stage leaves in a project (the first epoch's grid among them).
 TRAIN_OUTPUTS = (
     "models/generator.keras",
     "models/generator_best.keras",
@@ -400,7 +400,7 @@ class Training:
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.05)
 
-    def rounds_started(self) -> int:
+    def epochs_started(self) -> int:
         return self.stdout.read_text().count("Epoch ")
 
     def stop(self, signum: int, after_seconds: float) -> int:

@@ -36,7 +36,7 @@ def run_benchmark(tmp_path, script: str, *args: str) -> str:
 
 
 def test_throughput_benchmark_prints_its_figures(tmp_path):
-    out = run_benchmark(tmp_path, "throughput.py", "--steps", "2", "--rounds", "2", "--skip-rgb")
+    out = run_benchmark(tmp_path, "throughput.py", "--steps", "2", "--epochs", "2", "--skip-rgb")
     assert re.search(r"matmul peak: float32 \d+ GFLOP/s, bfloat16 \d+ GFLOP/s", out)
     assert "0.455 GFLOP per training image" in out  # the tutorial model: 3 G + 7 D forward passes
     assert re.search(r"\(a\) tutorial loop, fp32 +[\d.]+ img/s", out)
@@ -48,8 +48,8 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     )
     assert "of a step waiting for input" in out
     assert re.search(
-        r"per-round overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores "
-        r"every 1 round\(s\) as configured = [\d.]+% of a \d+-step round",
+        r"per-epoch overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores "
+        r"every 1 epoch\(s\) as configured = [\d.]+% of a \d+-step epoch",
         out,
     )
     assert re.fullmatch(
@@ -83,8 +83,8 @@ def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
     out = run_benchmark(
         tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "debug=tiny", "train.epochs=3"
     )
-    assert re.search(r"default round 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
-    assert "default round 2" not in out  # stopped once the target was reached
+    assert re.search(r"default epoch 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
+    assert "default epoch 2" not in out  # stopped once the target was reached
     assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)
     assert re.fullmatch(
         r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ "

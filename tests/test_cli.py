@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_prepare_train_resume_evaluate(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s: longer than a tiny round
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # MLflow's 10 s: longer than a tiny epoch
     run_stage("prepare", *TINY, cwd=tmp_path)
     first = run_stage("train", *TINY, cwd=tmp_path)
     run_id = json.loads((tmp_path / "models/run.json").read_text())["mlflow_run_id"]
@@ -123,7 +123,7 @@ def test_changed_settings_start_over_instead_of_resuming(tmp_path):
 def test_training_by_iterations_with_an_interval(tmp_path):
     run_stage("train", *TINY, "data.limit=128", "train.iterations=6", "train.interval=3", cwd=tmp_path)
     rows = [line.split(",")[:2] for line in (tmp_path / "reports/train_history.csv").read_text().splitlines()[1:]]
-    assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: rounds cross passes
+    assert rows == [["1", "3"], ["2", "6"]]  # 2 steps per pass over 128 images: epochs cross passes
     bad = last_line_error(
         run_stage("train", *TINY, "data.limit=128", "train.iterations=7", "train.interval=3", cwd=tmp_path, check=False)
     )
@@ -133,7 +133,7 @@ def test_training_by_iterations_with_an_interval(tmp_path):
         *TINY,
         "data.limit=128",
         "train.epochs=4",
-        "train.interval_epochs=2",
+        "train.interval_passes=2",
         "train.resume=never",
         cwd=tmp_path,
     )

@@ -17,9 +17,9 @@ from conftest import REPO, TINY, Training, last_line_error, mlflow_client, run_s
 
 pytestmark = pytest.mark.slow
 
-# 2,048 images at batch 64: 32 steps a round, 3 rounds, ~5 s each on 2 idle cores.
+# 2,048 images at batch 64: 32 steps an epoch, 3 epochs, ~5 s each on 2 idle cores.
 LONGER = [*TINY, "data.limit=2048", "train.epochs=3"]
-STEPS_PER_ROUND = 32
+STEPS_PER_EPOCH = 32
 
 
 def _state(workdir: Path) -> dict | None:
@@ -40,20 +40,20 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
         run_stage("prepare", *LONGER, cwd=workdir)
     run_stage("train", *LONGER, own_process=True, cwd=straight)
 
-    # 1. SIGKILL in the first round, before any checkpoint exists.
+    # 1. SIGKILL in the first epoch, before any checkpoint exists.
     run = Training(chaos, *LONGER)
-    run.wait_until(lambda: run.rounds_started() >= 1)
+    run.wait_until(lambda: run.epochs_started() >= 1)
     assert run.stop(signal.SIGKILL, 2.0) == -signal.SIGKILL
-    assert _state(chaos) is None or _state(chaos)["step"] < STEPS_PER_ROUND
+    assert _state(chaos) is None or _state(chaos)["step"] < STEPS_PER_EPOCH
 
-    # 2. SIGKILL mid-round 2, just after the checkpoint of round 1 was committed.
+    # 2. SIGKILL mid-epoch 2, just after the checkpoint of epoch 1 was committed.
     run = Training(chaos, *LONGER)
-    run.wait_until(lambda: (_state(chaos) or {}).get("step") == STEPS_PER_ROUND)
+    run.wait_until(lambda: (_state(chaos) or {}).get("step") == STEPS_PER_EPOCH)
     assert run.stop(signal.SIGKILL, 1.0) == -signal.SIGKILL
 
-    # 3. SIGTERM mid-round: the step finishes, a checkpoint of it is written, the run is KILLED.
+    # 3. SIGTERM mid-epoch: the step finishes, a checkpoint of it is written, the run is KILLED.
     run = Training(chaos, *LONGER)
-    run.wait_until(lambda: run.rounds_started() >= 1)
+    run.wait_until(lambda: run.epochs_started() >= 1)
     assert run.stop(signal.SIGTERM, 3.0) == 128 + signal.SIGTERM
     message = run.stderr.strip().splitlines()[-1]
     assert (
@@ -61,18 +61,18 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     )
     stopped = _state(chaos)
     assert (
-        STEPS_PER_ROUND < stopped["step"] < 3 * STEPS_PER_ROUND
-    )  # usually mid-round; at a round's end it commits it first
+        STEPS_PER_EPOCH < stopped["step"] < 3 * STEPS_PER_EPOCH
+    )  # usually mid-epoch; at an epoch's end it commits it first
     run_id = training_run_id(chaos)
     assert mlflow_client(chaos).get_run(run_id).info.status == "KILLED"
 
-    # 4. SIGINT (Ctrl-C) in the round resumed from that mid-round checkpoint.
+    # 4. SIGINT (Ctrl-C) in the epoch resumed from that mid-epoch checkpoint.
     run = Training(chaos, *LONGER)
-    run.wait_until(lambda: run.rounds_started() >= 1)
+    run.wait_until(lambda: run.epochs_started() >= 1)
     assert run.stop(signal.SIGINT, 2.0) == 128 + signal.SIGINT
     assert _state(chaos)["step"] > stopped["step"]
 
-    # 5. Run to the end: the same weights, optimizer state and per-round losses as without interruptions.
+    # 5. Run to the end: the same weights, optimizer state and per-epoch losses as without interruptions.
     run_stage("train", *LONGER, own_process=True, cwd=chaos)
     expected, actual = _final_weights(straight), _final_weights(chaos)
     assert expected.keys() == actual.keys() and len(expected) > 40
@@ -81,7 +81,7 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     assert [{k: row[k] for k in losses} for row in _state(chaos)["history"]] == [
         {k: row[k] for k in losses} for row in _state(straight)["history"]
     ]
-    # One MLflow run throughout, finished, with one metric point per round.
+    # One MLflow run throughout, finished, with one metric point per epoch.
     assert json.loads((chaos / "models/run.json").read_text())["mlflow_run_id"] == run_id
     client = mlflow_client(chaos)
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -113,7 +113,7 @@ def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
     run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", cwd=tmp_path)
     longer = run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", "train.epochs=2", cwd=tmp_path)
     assert "differs in: train.total_steps); starting over" in longer.stdout + longer.stderr
-    assert _state(tmp_path)["rounds"] == 2
+    assert _state(tmp_path)["epochs"] == 2
 
 
 def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
@@ -127,7 +127,7 @@ def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):
     refused = last_line_error(run_stage("train", *TINY, "data.limit=128", "train.epochs=2", cwd=tmp_path, check=False))
     assert refused.startswith("error: models/checkpoints: the checkpoint was trained on other data")
     assert refused.endswith("rerun with train.resume=never to start over on the new data")
-    assert _state(tmp_path)["rounds"] == 1  # the checkpoint is left alone
+    assert _state(tmp_path)["epochs"] == 1  # the checkpoint is left alone
 
     run_stage("train", *TINY, "data.limit=128", "train.resume=never", cwd=tmp_path)
     mismatch = last_line_error(
@@ -169,7 +169,7 @@ def _weights_sha256(workdir: Path) -> str:
 
 
 def test_same_config_and_seed_give_identical_weights_in_separate_processes_and_when_resumed(tmp_path):
-    """Two straight 2-round runs and one stopped after round 1 and resumed, each in its own
+    """Two straight 2-epoch runs and one stopped after epoch 1 and resumed, each in its own
     processes: the same bytes in every weight, optimizer slot and RNG state."""
     hashes = set()
     for name, lengths in (("straight", [2]), ("again", [2]), ("resumed", [1, 2])):
@@ -197,22 +197,22 @@ def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consistent(tmp_path):
-    """Extending a finished 1-round run to 2 rounds commits round 2 in four renames into the
+    """Extending a finished 1-epoch run to 2 epochs commits epoch 2 in four renames into the
     checkpoint folder (its best generator, the checkpoint, the record naming both, the record
     again with the outputs). A SIGKILL before each in turn, each rerun resuming from what the
-    last one left: the best generator the record names is always the one of the round it
+    last one left: the best generator the record names is always the one of the epoch it
     says, and the shipped outputs are those of an uninterrupted run."""
     base, straight, chaos = tmp_path / "base", tmp_path / "straight", tmp_path / "chaos"
-    profile = [*TINY, "train.precision=fp32"]  # the same rounds on every host class
+    profile = [*TINY, "train.precision=fp32"]  # the same epochs on every host class
     base.mkdir()
     run_stage("train", *profile, own_process=True, cwd=base)
-    best_of_round = {1: _weights(base / "models/generator_best.keras")}
+    best_of_epoch = {1: _weights(base / "models/generator_best.keras")}
     for copy in (straight, chaos):
         shutil.copytree(base, copy)
     run_stage("train", *profile, "train.epochs=2", own_process=True, cwd=straight)
     expected = json.loads((straight / "reports/train_metrics.json").read_text())
-    assert expected["best_epoch"] == 2, "round 2 must improve on round 1 for this test to test anything"
-    best_of_round[2] = _weights(straight / "models/generator_best.keras")
+    assert expected["best_epoch"] == 2, "epoch 2 must improve on epoch 1 for this test to test anything"
+    best_of_epoch[2] = _weights(straight / "models/generator_best.keras")
 
     checkpoints = chaos / "models/checkpoints"
     for kill_at in (1, 2, 3, 4):
@@ -236,10 +236,10 @@ def test_a_kill_between_any_two_writes_leaves_the_record_and_the_files_consisten
         state = _state(chaos)
         assert (checkpoints / state["checkpoint"]).is_file()
         named = checkpoints / state["best"]["file"]
-        assert _same_weights(_weights(named), best_of_round[state["best"]["epoch"]]), (kill_at, state["best"])
+        assert _same_weights(_weights(named), best_of_epoch[state["best"]["epoch"]]), (kill_at, state["best"])
 
     run_stage("train", *profile, "train.epochs=2", own_process=True, cwd=chaos)
     shipped = json.loads((chaos / "reports/train_metrics.json").read_text())
     assert (shipped["best_epoch"], shipped["best_fid"]) == (expected["best_epoch"], expected["best_fid"])
-    assert _same_weights(_weights(chaos / "models/generator_best.keras"), best_of_round[2])
+    assert _same_weights(_weights(chaos / "models/generator_best.keras"), best_of_epoch[2])
     assert _same_weights(_weights(chaos / "models/generator.keras"), _weights(straight / "models/generator.keras"))

@@ -239,13 +239,13 @@ def test_a_longer_run_continues_and_a_shorter_one_is_refused(project):
     repro_completes(project)
     set_param(project, "train.epochs", 2)
     assert repro_completes(project) == ["train", "evaluate"]
-    assert json.loads((project / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    assert json.loads((project / "models/checkpoints/state.json").read_text())["epochs"] == 2
     before = outputs(project)
     set_param(project, "train.epochs", 1)
     result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, env=venv_env())
     assert result.returncode != 0
     assert (
-        "error: models/checkpoints: holds a run trained for 8 steps (2 rounds), more than the 4 asked for"
+        "error: models/checkpoints: holds a run trained for 8 steps (2 epochs), more than the 4 asked for"
         in result.stderr
     )
     set_param(project, "tracking.uri", "http://127.0.0.1:9")

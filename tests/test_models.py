@@ -218,13 +218,13 @@ def test_checkpoint_round_trip_restores_every_variable(tiny_prepared, tmp_path):
     gan, batch = _gan_and_batch(tiny_prepared)
     gan.train_step(batch)
     checkpoints = CheckpointDir(tmp_path, keep=1)
-    checkpoints.save(gan.state_variables(), RunState(identity={"a": 1}, rounds=1))
+    checkpoints.save(gan.state_variables(), RunState(identity={"a": 1}, epochs=1))
     saved = [v.numpy().copy() for v in gan.state_variables()]
     gan.train_step(batch)  # moves weights, optimizer slots and RNG states on
 
     fresh, _ = _gan_and_batch(tiny_prepared)
     state = checkpoints.load_state()
-    assert state.rounds == 1 and state.identity == {"a": 1}
+    assert state.epochs == 1 and state.identity == {"a": 1}
     checkpoints.restore(fresh.state_variables(), state)
     assert all(np.array_equal(s, v.numpy()) for s, v in zip(saved, fresh.state_variables()))
     # Includes the noise RNG: the restored model draws the noise the original drew next.
@@ -235,7 +235,7 @@ def test_checkpoint_round_trip_restores_every_variable(tiny_prepared, tmp_path):
 def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
     gan, _ = _gan_and_batch(tiny_prepared)
     checkpoints = CheckpointDir(tmp_path, keep=1)
-    checkpoints.save(gan.state_variables(), RunState(identity={}, rounds=1))
+    checkpoints.save(gan.state_variables(), RunState(identity={}, epochs=1))
     manifest = load_manifest(Path(tiny_prepared.paths.prepared_dir) / "mnist")
     other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), manifest, total_steps=100)
     with pytest.raises(UserError, match=r"variable .* has shape \(100, 12544\) in the checkpoint but \(64, 12544\)"):
@@ -248,7 +248,7 @@ def test_old_checkpoints_are_pruned(tmp_path):
     variable = keras.Variable(np.zeros(2))
     checkpoints = CheckpointDir(tmp_path, keep=2)
     for epoch in range(1, 5):
-        checkpoints.save([variable], RunState(identity={}, rounds=epoch, step=epoch * 10))
+        checkpoints.save([variable], RunState(identity={}, epochs=epoch, step=epoch * 10))
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000000030.npz", "ckpt-000000040.npz"]
     assert checkpoints.load_state().checkpoint == "ckpt-000000040.npz"
 

@@ -12,7 +12,7 @@ def test_champion_alias_moves_only_to_a_lower_fid_scored_the_same_way(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     generator = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.Reshape((2, 2, 1))])
     with mlflow.start_run() as run:
-        tracking.log_generator(generator, latent_dim=4, round_number=1)
+        tracking.log_generator(generator, latent_dim=4, epoch_number=1)
     scored_on = {"data": "mnist", "test_split": "0f" * 32, "features": "classifier", "num_samples": "100"}
     moved = [
         tracking.register_generator(run.info.run_id, fid, {**scored_on, **other})

@@ -32,7 +32,7 @@ REBUILT = [path for path in TRAIN_OUTPUTS if not path.startswith("reports/sample
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A folder holding a finished 2-round tiny run (2 checkpoints kept)."""
+    """A folder holding a finished 2-epoch tiny run (2 checkpoints kept)."""
     workdir = tmp_path_factory.mktemp("finished")
     run_stage("train", *TINY, "train.epochs=2", cwd=workdir)
     return workdir
@@ -65,7 +65,7 @@ def test_rerun_of_a_finished_run_rebuilds_every_output(workdir):
     final = json.loads((workdir / "reports/train_metrics.json").read_text())
     assert final["best_fid"] == state["best"]["fid"] and final["epoch"] == 2
     assert state["scoring"]["metrics.train_samples"] == 150
-    if state["best"]["epoch"] == 1:  # the best round's generator comes from the checkpoint folder, unchanged
+    if state["best"]["epoch"] == 1:  # the best epoch's generator comes from the checkpoint folder, unchanged
         assert (workdir / "models/generator_best.keras").read_bytes() == best_before
     assert json.loads((workdir / "models/run.json").read_text())["mlflow_run_id"] == run_id
     assert mlflow_client(workdir).get_run(run_id).info.status == "FINISHED"
@@ -74,11 +74,11 @@ def test_rerun_of_a_finished_run_rebuilds_every_output(workdir):
 def test_lowering_the_length_of_a_finished_run_is_refused_and_bad_state_is_one_line(workdir):
     error = last_line_error(run_stage("train", *TINY, cwd=workdir, check=False))
     assert error == (
-        "error: models/checkpoints: holds a run trained for 16 steps (2 rounds), more than the 8 asked for "
+        "error: models/checkpoints: holds a run trained for 16 steps (2 epochs), more than the 8 asked for "
         "(train.epochs / train.iterations); ask for at least 16 steps to keep it, or rerun with train.resume=never "
         "to start over (discarding it)"
     )
-    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["epochs"] == 2
 
     (workdir / "models/checkpoints/state.json").write_text("{not json")
     error = last_line_error(run_stage("train", *TINY, cwd=workdir, check=False))
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one(workdir):
         1,
         2,
         3,
-    ]  # round 2, redone, once
+    ]  # epoch 2, redone, once
 
     for checkpoint in checkpoints.glob("ckpt-*"):
         _truncate(checkpoint)
@@ -171,7 +171,7 @@ def test_damaged_prepared_data_is_caught_before_any_work(workdir):
             "rerun prepare (dvc repro prepare, or python src/prepare.py)"
         )
     assert mlflow_client(workdir).get_run(run_id).info.status == "FINISHED"  # not flipped to FAILED
-    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["epochs"] == 2
 
     shard.write_bytes(original)
     manifest_path = prepared / "manifest.json"
@@ -226,7 +226,7 @@ def test_a_damaged_store_names_itself_and_moving_it_aside_recovers(workdir):
         f"move it aside (mv {store} {store}.damaged) to start a new one (checkpoints resume into a new run), or "
         "set tracking.uri"
     )
-    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["rounds"] == 2
+    assert json.loads((workdir / "models/checkpoints/state.json").read_text())["epochs"] == 2
     store.rename(store.with_suffix(".db.damaged"))
     result = run_stage("train", *TINY, "train.epochs=3", cwd=workdir)
     assert "continuing in a new run" in result.stdout + result.stderr and _history_epochs(workdir) == ["1", "2", "3"]

@@ -170,14 +170,14 @@ def test_a_trial_behind_the_median_is_pruned(tmp_path):
     journal = str(tmp_path / "study.journal")
     study = optuna.create_study(study_name="s", storage=search.storage(journal))
     first = study.ask()
-    for round_number, fid in enumerate([80.0, 40.0, 20.0], start=1):
-        first.report(fid, round_number)
+    for epoch_number, fid in enumerate([80.0, 40.0, 20.0], start=1):
+        first.report(fid, epoch_number)
     study.tell(first, 20.0)
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     for fid, pruned in ((30.0, False), (120.0, True)):
         study.ask()
         report = search.ReportToStudy(
-            SearchConfig(storage=journal, study="s", trial=len(study.trials) - 1, startup_trials=1, warmup_rounds=0)
+            SearchConfig(storage=journal, study="s", trial=len(study.trials) - 1, startup_trials=1, warmup_epochs=0)
         )
         report.set_model(model)
         model.stop_training = False
@@ -188,14 +188,14 @@ def test_a_trial_behind_the_median_is_pruned(tmp_path):
 
 @pytest.mark.slow
 def test_fid_search_records_failures_and_resumes(tmp_path):
-    """A short Optuna search: every trial reports its FID per round; stopped and started
+    """A short Optuna search: every trial reports its FID per epoch; stopped and started
     again with more trials, it continues the same study; trials that fail (batch 256 > the
     128 images) are recorded as failed and the search goes on."""
     space = tmp_path / "conf/hparams_search/lr_search.yaml"
     space.parent.mkdir(parents=True)
     space.write_text(
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: fid_search\n"
-        "hydra:\n  sweeper:\n    study_name: lr_search\n    startup_trials: 1\n    warmup_rounds: 0\n"
+        "hydra:\n  sweeper:\n    study_name: lr_search\n    startup_trials: 1\n    warmup_epochs: 0\n"
         "    params:\n      optimizer.generator.learning_rate: tag(log, interval(1e-5, 1e-2))\n"
     )
     journal, best = tmp_path / "study.journal", tmp_path / "best_params.yaml"

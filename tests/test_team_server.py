@@ -209,30 +209,30 @@ def test_a_dvc_queue_runs_every_stage_against_the_server(team_server, tmp_path):
 
 def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
     """The server (MLflow and PostgreSQL) stopped for 15 s during a training: MLflow's
-    client retries ride it out, and every round's metrics and grid arrive. Without
+    client retries ride it out, and every epoch's metrics and grid arrive. Without
     retries, the training stops with one line and its rerun resumes into the same run."""
-    rounds = 6
+    epochs = 6
     client = team_server.client()
 
     def train_through_an_outage(workdir: Path, experiment: str, env: dict | None = None) -> Training:
-        """Start a training, stop the server once its first round is logged, start it 15 s later."""
+        """Start a training, stop the server once its first epoch is logged, start it 15 s later."""
         training = Training(
             workdir,
             *TINY,
-            f"train.epochs={rounds}",
+            f"train.epochs={epochs}",
             f"tracking.uri={team_server.uri}",
             f"tracking.experiment={experiment}",
             env=env,
         )
-        training.wait_until(lambda: logged_rounds(experiment) >= 1, timeout=300)
+        training.wait_until(lambda: logged_epochs(experiment) >= 1, timeout=300)
         tracking_server.stop(team_server.folder)
-        training.rounds_at_outage = training.rounds_started()
+        training.epochs_at_outage = training.epochs_started()
         time.sleep(15)
         training.alive_after_outage = training.process.poll() is None
         assert team_server.command("start").returncode == 0
         return training
 
-    def logged_rounds(experiment: str) -> int:
+    def logged_epochs(experiment: str) -> int:
         found = client.get_experiment_by_name(experiment)
         runs = client.search_runs([found.experiment_id]) if found else []
         return len(client.get_metric_history(runs[0].info.run_id, "d_loss")) if runs else 0
@@ -242,14 +242,14 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
         assert len(runs) == 1
         run = runs[0]
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == list(range(1, rounds + 1))
-        assert len({a.path for a in client.list_artifacts(run.info.run_id, "samples")}) == rounds
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "d_loss")] == list(range(1, epochs + 1))
+        assert len({a.path for a in client.list_artifacts(run.info.run_id, "samples")}) == epochs
         assert client.search_logged_models([run.info.experiment_id])
         return run
 
     (tmp_path / "retried").mkdir()
     training = train_through_an_outage(tmp_path / "retried", "outage")
-    assert training.alive_after_outage and training.rounds_at_outage < rounds  # the outage fell inside the training
+    assert training.alive_after_outage and training.epochs_at_outage < epochs  # the outage fell inside the training
     assert training.process.wait(timeout=600) == 0, training.stderr[-3000:]
     complete_run("outage")
 
@@ -263,12 +263,12 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
         error.startswith(f"error: MLflow tracking store {team_server.uri} failed during the run (")
         and "Traceback" not in training.stderr
     )
-    assert error.endswith("completed rounds are checkpointed: rerun the same command to resume into the same run")
+    assert error.endswith("completed epochs are checkpointed: rerun the same command to resume into the same run")
     run_id = training_run_id(tmp_path / "stopped")
     run_stage(
         "train",
         *TINY,
-        f"train.epochs={rounds}",
+        f"train.epochs={epochs}",
         f"tracking.uri={team_server.uri}",
         "tracking.experiment=outage-no-retries",
         cwd=tmp_path / "stopped",

@@ -1,9 +1,10 @@
 """Keras callbacks for a training run: throughput, sample grids, MLflow metrics, checkpoints.
 
-A Keras "epoch" here is a round: the ``steps_per_round`` steps between checkpoints (see
-``dcgan.resume``). The callbacks run in the order ``fit`` is given them and share one
-``logs`` dict per round, so ``Throughput`` adds ``images_per_sec`` before the others read
-it, and ``Checkpointer`` (last) commits a round only after its grid and metrics are written.
+An epoch here is Keras' ``steps_per_epoch`` steps between two checkpoints (a pass over the
+data, or ``train.interval`` steps: see ``dcgan.resume``). The callbacks run in the order
+``fit`` is given them and share one ``logs`` dict per epoch, so ``Throughput`` adds
+``images_per_sec`` before the others read it, and ``Checkpointer`` (last) commits an epoch
+only after its grid and metrics are written.
 """
 
 from __future__ import annotations
@@ -39,99 +40,99 @@ HISTORY_KEYS = (
 
 
 class Throughput(keras.callbacks.Callback):
-    """Per round: ``epoch_seconds`` spent in training steps and ``images_per_sec``. Over the
+    """Per epoch: ``epoch_seconds`` spent in training steps and ``images_per_sec``. Over the
     run: ``overhead``, the share of wall time spent outside training steps (grids, metrics,
-    MLflow, checkpoints), from the second round on so that tracing does not count."""
+    MLflow, checkpoints), from the second epoch on so that tracing does not count."""
 
     def __init__(self, batch_size: int):
         super().__init__()
         self.batch_size = batch_size
-        self.round_starts: list[float] = []
+        self.epoch_starts: list[float] = []
         self.step_seconds: list[float] = []
 
-    def on_epoch_begin(self, round_index, logs=None):
-        self.round_starts.append(time.perf_counter())
+    def on_epoch_begin(self, epoch_index, logs=None):
+        self.epoch_starts.append(time.perf_counter())
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps = batch + 1  # a resumed round may be shorter than the others
+        self.steps = batch + 1  # a resumed epoch may be shorter than the others
 
-    def on_epoch_end(self, round_index, logs=None):
-        seconds = time.perf_counter() - self.round_starts[-1]
+    def on_epoch_end(self, epoch_index, logs=None):
+        seconds = time.perf_counter() - self.epoch_starts[-1]
         self.step_seconds.append(seconds)
         logs["epoch_seconds"] = seconds
         logs["images_per_sec"] = self.steps * self.batch_size / seconds
 
     def on_train_end(self, logs=None):
         first = 1 if len(self.step_seconds) > 1 else 0
-        wall = time.perf_counter() - self.round_starts[first]
+        wall = time.perf_counter() - self.epoch_starts[first]
         self.overhead = 1.0 - sum(self.step_seconds[first:]) / wall
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """After every round, render the same fixed noise into ``samples_dir/epoch_NNNN.png``
-    (and to MLflow, unless the run logged that round before: ``logged_rounds``)."""
+    """After every epoch, render the same fixed noise into ``samples_dir/epoch_NNNN.png``
+    (and to MLflow, unless the run logged that epoch before: ``logged_epochs``)."""
 
-    def __init__(self, noise: np.ndarray, columns: int, manifest: dict, samples_dir: Path, logged_rounds: int = 0):
+    def __init__(self, noise: np.ndarray, columns: int, manifest: dict, samples_dir: Path, logged_epochs: int = 0):
         super().__init__()
         self.noise = noise
         self.columns = columns
         self.manifest = manifest
         self.samples_dir = samples_dir
-        self.logged_rounds = logged_rounds
+        self.logged_epochs = logged_epochs
 
-    def on_epoch_end(self, round_index, logs=None):
+    def on_epoch_end(self, epoch_index, logs=None):
         images = to_uint8(self.model.sampler(self.noise, training=False), self.manifest)
-        path = self.samples_dir / f"epoch_{round_index + 1:04d}.png"
+        path = self.samples_dir / f"epoch_{epoch_index + 1:04d}.png"
         grid = viz.upscale(viz.grid(images, self.columns), 4)
         viz.save_png(path, grid)
-        if round_index < self.logged_rounds:
+        if epoch_index < self.logged_epochs:
             return
         mlflow.log_artifact(str(path), artifact_path="samples")
-        # By step too, so the UI's image view compares runs round by round.
+        # By step too, so the UI's image view compares runs epoch by epoch.
         mlflow.log_image(
-            grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=round_index + 1
+            grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, key="samples", step=epoch_index + 1
         )
 
 
 class QualityMonitor(keras.callbacks.Callback):
-    """Every ``every`` rounds and after the last, score samples of fixed noise against the
+    """Every ``every`` epochs and after the last, score samples of fixed noise against the
     real test split (FID & co. on a smaller sample than ``evaluate``), as ``progress/<key>``."""
 
-    def __init__(self, scorer: Scorer, noise: np.ndarray, every: int, last_round: int):
+    def __init__(self, scorer: Scorer, noise: np.ndarray, every: int, last_epoch: int):
         super().__init__()
         self.scorer = scorer
         self.noise = noise
         self.every = every
-        self.last_round = last_round
+        self.last_epoch = last_epoch
 
-    def on_epoch_end(self, round_index, logs=None):
-        if (round_index + 1) % self.every and round_index + 1 != self.last_round:
+    def on_epoch_end(self, epoch_index, logs=None):
+        if (epoch_index + 1) % self.every and epoch_index + 1 != self.last_epoch:
             return
         scores = self.scorer.score(samples_of(self.model.sampler, self.noise))
         logs.update({PROGRESS + key: value for key, value in scores.items()})
 
 
 class MLflowMetrics(keras.callbacks.Callback):
-    """Each round's ``logs`` as MLflow metrics at step = round, except rounds the run logged
-    before (``logged_rounds``; a run resumed from an older checkpoint redoes them, with the
+    """Each epoch's ``logs`` as MLflow metrics at step = epoch, except epochs the run logged
+    before (``logged_epochs``; a run resumed from an older checkpoint redoes them, with the
     same values)."""
 
-    def __init__(self, logged_rounds: int = 0):
+    def __init__(self, logged_epochs: int = 0):
         super().__init__()
-        self.logged_rounds = logged_rounds
+        self.logged_epochs = logged_epochs
 
-    def on_epoch_end(self, round_index, logs=None):
-        if round_index >= self.logged_rounds:
-            mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=round_index + 1)
+    def on_epoch_end(self, epoch_index, logs=None):
+        if epoch_index >= self.logged_epochs:
+            mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch_index + 1)
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Commit each finished round into the checkpoint folder (its history row, the generator
+    """Commit each finished epoch into the checkpoint folder (its history row, the generator
     if its FID is the best so far, then the checkpoint and the record naming both), and
     check every step: a non-finite loss stops training before anything is saved; a stop
     signal saves a checkpoint of the step just finished and stops.
 
-    ``resumed_metrics``: the loss trackers' totals saved mid-round, restored when the round
+    ``resumed_metrics``: the loss trackers' totals saved mid-epoch, restored when the epoch
     restarts (after Keras has reset them), so its logged means cover all of its steps.
     """
 
@@ -139,27 +140,27 @@ class Checkpointer(keras.callbacks.Callback):
         self,
         checkpoints: CheckpointDir,
         state: RunState,
-        steps_per_round: int,
+        steps_per_epoch: int,
         stop: StopSignals,
         resumed_metrics: list | None = None,
     ):
         super().__init__()
         self.checkpoints = checkpoints
         self.state = state
-        self.steps_per_round = steps_per_round
+        self.steps_per_epoch = steps_per_epoch
         self.stop = stop
         self.resumed_metrics = resumed_metrics
 
-    def on_epoch_begin(self, round_index, logs=None):
-        self.round_start = self.state.step
-        self.round_end = (round_index + 1) * self.steps_per_round
+    def on_epoch_begin(self, epoch_index, logs=None):
+        self.epoch_start = self.state.step
+        self.epoch_end = (epoch_index + 1) * self.steps_per_epoch
         if self.resumed_metrics is not None:
             for variable, value in zip(self.model.metrics_variables, self.resumed_metrics):
                 variable.assign(value)
             self.resumed_metrics = None
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self.round_start + batch + 1
+        step = self.epoch_start + batch + 1
         for key in ("d_loss", "g_loss"):
             value = float(logs[key])
             if not math.isfinite(value):
@@ -172,7 +173,7 @@ class Checkpointer(keras.callbacks.Callback):
                     f"{key} became {value} at step {step}; training stopped and {kept}; "
                     "lower the learning rate, or rerun with train.resume=never to start over"
                 )
-        if self.stop.received is not None and step < self.round_end:  # at the end, the round commits first
+        if self.stop.received is not None and step < self.epoch_end:  # at the end, the epoch commits first
             self.state.step = step
             self.checkpoints.save(self.model.state_variables(), self.state)
             self._interrupted()
@@ -183,15 +184,15 @@ class Checkpointer(keras.callbacks.Callback):
             "same command to resume"
         )
 
-    def on_epoch_end(self, round_index, logs=None):
+    def on_epoch_end(self, epoch_index, logs=None):
         row = {
-            "epoch": round_index + 1,
-            "iteration": (round_index + 1) * self.steps_per_round,
+            "epoch": epoch_index + 1,
+            "iteration": (epoch_index + 1) * self.steps_per_epoch,
             **{key: round(float(logs[key]), 6) for key in HISTORY_KEYS[2:] if key in logs},
             **{key: round(float(logs[PROGRESS + key]), 6) for key in QUALITY_KEYS if PROGRESS + key in logs},
         }
-        self.state.history = [r for r in self.state.history if r["epoch"] <= round_index] + [row]
-        self.state.rounds = round_index + 1
+        self.state.history = [r for r in self.state.history if r["epoch"] <= epoch_index] + [row]
+        self.state.epochs = epoch_index + 1
         self.state.step = row["iteration"]
         if "fid" in row and (self.state.best is None or row["fid"] < self.state.best["fid"]):
             self.checkpoints.save_best(self.model.sampler, self.state, row["epoch"], row["fid"])

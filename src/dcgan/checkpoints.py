@@ -1,10 +1,10 @@
-"""Per-round training checkpoints that a rerun resumes from (``dcgan.resume`` decides whether).
+"""Per-epoch training checkpoints that a rerun resumes from (``dcgan.resume`` decides whether).
 
 A checkpoint is ``ckpt-<step>.npz``: every variable of the model, both optimizers and the
 loss trackers (RNG states included, so a resumed run continues exactly) and the run's
 state as of that step. ``state.json`` points at the latest complete one and carries the
-run's identity, MLflow run id, history and best round; ``generator_best-<step>.keras`` is
-the generator of that best round. Together they are everything a finished run needs to
+run's identity, MLflow run id, history and best epoch; ``generator_best-<step>.keras`` is
+the generator of that best epoch. Together they are everything a finished run needs to
 rebuild its outputs.
 
 Files are only ever added under new names (written to a temp file and renamed into place),
@@ -40,12 +40,12 @@ class RunState:
     """What ``state.json`` records about the run a checkpoint belongs to."""
 
     identity: dict  # the run-defining settings (config.run_identity) plus the data digest
-    rounds: int = 0  # rounds (Keras epochs) completed
-    step: int = 0  # optimizer steps completed; past the last round's end after a stop signal
+    epochs: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed; past the last epoch's end after a stop signal
     checkpoint: Optional[str] = None  # file name of the latest complete checkpoint
     mlflow_run_id: Optional[str] = None
-    history: list[dict] = field(default_factory=list)  # one row of metrics per completed round
-    best: Optional[dict] = None  # {"epoch", "fid", "file"} of the round with the lowest in-training FID
+    history: list[dict] = field(default_factory=list)  # one row of metrics per completed epoch
+    best: Optional[dict] = None  # {"epoch", "fid", "file"} of the epoch with the lowest in-training FID
     scoring: Optional[dict] = None  # the metrics.* settings the in-training scores were computed with
 
     def to_json(self) -> str:
@@ -55,7 +55,7 @@ class RunState:
 def _state_from(text: str, source: Path) -> RunState:
     try:
         fields = json.loads(text)
-        fields.setdefault("rounds", fields.pop("epoch", 0))  # its name before 2026-12
+        fields.setdefault("epochs", fields.pop("rounds", fields.pop("epoch", 0)))  # its names until 2026-12-05
         return RunState(**fields)
     except (json.JSONDecodeError, TypeError) as exc:
         raise UserError(f"{source}: unreadable checkpoint state ({str(exc)[:120]}); {START_OVER}") from None
@@ -67,7 +67,7 @@ class CheckpointDir:
         self.keep = keep
 
     def best_generator(self, state: RunState) -> Optional[Path]:
-        """The best round's generator that ``state`` records, if it records one."""
+        """The best epoch's generator that ``state`` records, if it records one."""
         return self.folder / state.best.get("file", BEST_GENERATOR) if state.best else None
 
     def save_best(self, generator, state: RunState, epoch: int, fid: float) -> None:

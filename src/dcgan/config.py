@@ -179,7 +179,7 @@ class TrainConfig:
     epochs: int = 9
     iterations: Optional[int] = None  # set: train for this many steps instead of train.epochs
     interval: Optional[int] = None  # steps between checkpoints/sample grids; null: one pass over the data
-    interval_epochs: Optional[int] = None  # or: passes over the data between them (not both)
+    interval_passes: Optional[int] = None  # or: passes over the data between them (not both)
     batch_size: int = 32
     seed: int = 42
     deterministic: bool = True  # op determinism: same seed -> same weights on CPU
@@ -217,14 +217,14 @@ class TrainConfig:
             f"must be positive or null, got {self.interval}",
         )
         require(
-            self.interval_epochs is None or self.interval_epochs >= 1,
-            "train.interval_epochs",
-            f"must be positive or null, got {self.interval_epochs}",
+            self.interval_passes is None or self.interval_passes >= 1,
+            "train.interval_passes",
+            f"must be positive or null, got {self.interval_passes}",
         )
         require(
-            self.interval is None or self.interval_epochs is None,
-            "train.interval_epochs",
-            "set train.interval (steps) or train.interval_epochs, not both",
+            self.interval is None or self.interval_passes is None,
+            "train.interval_passes",
+            "set train.interval (steps) or train.interval_passes, not both",
         )
         require(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
         require(self.shuffle_buffer >= 1, "train.shuffle_buffer", f"must be at least 1, got {self.shuffle_buffer}")
@@ -327,7 +327,7 @@ class MetricsConfig:
     """Sample-quality metrics (FID, KID, precision/recall, density/coverage, modes)."""
 
     features: str = "classifier"  # classifier: the domain CNN; inception: Keras' ImageNet InceptionV3
-    every: int = 1  # score during training every this many rounds (epochs); 0: only in evaluate
+    every: int = 1  # score during training every this many epochs; 0: only in evaluate
     train_samples: int = 2000  # generated images (and real test images) per in-training score
     k_precision: int = 3  # k-NN radius for precision/recall (Kynkaanniemi et al.)
     k_density: int = 5  # k-NN radius for density/coverage (Naeem et al.)
@@ -373,9 +373,9 @@ class SearchConfig:
     study: Optional[str] = None
     trial: Optional[int] = None  # the trial's number in the study
     # The median pruner's settings (the study does not store them): trials that run to the
-    # end before any is pruned, rounds a trial runs before it can be.
+    # end before any is pruned, epochs a trial runs before it can be.
     startup_trials: int = 2
-    warmup_rounds: int = 1
+    warmup_epochs: int = 1
 
 
 @dataclass

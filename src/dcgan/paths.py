@@ -24,7 +24,7 @@ class TrainOutputs:
 
     @property
     def best_generator(self) -> Path:
-        """The generator of the round with the lowest in-training FID."""
+        """The generator of the epoch with the lowest in-training FID."""
         return self.models_dir / "generator_best.keras"
 
     @property

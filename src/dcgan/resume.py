@@ -1,11 +1,10 @@
-"""Resuming a training run, all in one place: the run's rounds, what makes a checkpoint the
+"""Resuming a training run, all in one place: the run's epochs, what makes a checkpoint the
 same run, the decision to resume or start over, and where a resumed run picks up (its
-position in the data, the running means of a round cut short).
+position in the data, the running means of an epoch cut short).
 
-A round is the stretch of steps between two checkpoints and sample grids: one pass over the
-data by default, ``train.interval`` steps or ``train.interval_epochs`` passes when set.
-Keras' ``fit`` calls a round an epoch, and so do the outputs that predate the option
-(``history.csv``'s ``epoch`` column, ``samples/epoch_NNNN.png``).
+An epoch is the stretch of steps between two checkpoints and sample grids (Keras'
+``steps_per_epoch``): one pass over the data by default, ``train.interval`` steps or
+``train.interval_passes`` passes when set.
 """
 
 from __future__ import annotations
@@ -33,15 +32,15 @@ DATA_DIGEST = "data.content_sha256"
 
 @dataclass(frozen=True)
 class Schedule:
-    """``rounds`` rounds of ``steps_per_round`` steps; ``train.iterations`` (steps) replaces
+    """``epochs`` epochs of ``steps_per_epoch`` steps; ``train.iterations`` (steps) replaces
     ``train.epochs`` (passes) as the length."""
 
-    steps_per_round: int
-    rounds: int
+    steps_per_epoch: int
+    epochs: int
 
     @property
     def total_steps(self) -> int:
-        return self.rounds * self.steps_per_round
+        return self.epochs * self.steps_per_epoch
 
     @classmethod
     def of(cls, config: Config, train_count: int, prepared: Path) -> "Schedule":
@@ -52,11 +51,11 @@ class Schedule:
                 f"config key train.batch_size: {train.batch_size} exceeds the {train_count} training images in "
                 f"{prepared}"
             )
-        interval = train.interval or (train.interval_epochs or 1) * per_pass
+        interval = train.interval or (train.interval_passes or 1) * per_pass
         total = train.iterations or train.epochs * per_pass
         if total % interval:
             key = "train.iterations" if train.iterations else "train.epochs"
-            setting = "train.interval" if train.interval else "train.interval_epochs"
+            setting = "train.interval" if train.interval else "train.interval_passes"
             raise UserError(f"config key {setting}: {interval} steps do not divide the {total} steps of {key}")
         return cls(interval, total // interval)
 
@@ -88,9 +87,9 @@ def resume_or_start(
         if reason is None:
             state = checkpoints.restore(gan.state_variables(), state)
             log.info(
-                "resuming from %s after round %d (step %d)",
+                "resuming from %s after epoch %d (step %d)",
                 checkpoints.folder / state.checkpoint,
-                state.rounds,
+                state.epochs,
                 state.step,
             )
             return state
@@ -131,7 +130,7 @@ def _why_start_over(state: RunState, identity: dict, config: Config, total_steps
         )
     if changed in ([], ["train.total_steps"]) and state.step > total_steps:
         raise UserError(
-            f"{folder}: holds a run trained for {state.step} steps ({state.rounds} rounds), more than the "
+            f"{folder}: holds a run trained for {state.step} steps ({state.epochs} epochs), more than the "
             f"{total_steps} "
             f"asked for (train.epochs / train.iterations); ask for at least {state.step} steps to keep it, or "
             f"{START_OVER} (discarding it)"
@@ -158,8 +157,8 @@ def rescore_if_changed(
     checkpoints: CheckpointDir,
 ) -> None:
     """After a change of metrics.*: score the best generator (and, for a run with nothing
-    left to train, the last) again, so the best round and the final scores are current;
-    the earlier rounds' rows in the history keep the scores of their time."""
+    left to train, the last) again, so the best epoch and the final scores are current;
+    the earlier epochs' rows in the history keep the scores of their time."""
     scoring = scoring_identity(config)
     previous, state.scoring = state.scoring, scoring
     if previous is None or previous == scoring or not state.history:
@@ -191,21 +190,21 @@ def rescore_if_changed(
 
 
 def cut_short(state: RunState, schedule: Schedule) -> bool:
-    """Whether a stop signal ended the last invocation inside a round."""
-    return state.step > state.rounds * schedule.steps_per_round
+    """Whether a stop signal ended the last invocation inside an epoch."""
+    return state.step > state.epochs * schedule.steps_per_epoch
 
 
-def round_means(gan: keras.Model, state: RunState, schedule: Schedule) -> list | None:
-    """The restored loss trackers' totals of a round cut short, which the round's restart
+def epoch_means(gan: keras.Model, state: RunState, schedule: Schedule) -> list | None:
+    """The restored loss trackers' totals of an epoch cut short, which the epoch's restart
     must put back after Keras resets them (so its means cover all its steps); else None."""
     return [variable.numpy() for variable in gan.metrics_variables] if cut_short(state, schedule) else None
 
 
 def fit_calls(state: RunState, schedule: Schedule) -> list[tuple[int, int]]:
-    """The ``fit`` calls still to make, as (rounds to reach, steps per round); a round cut
+    """The ``fit`` calls still to make, as (epochs to reach, steps per epoch); an epoch cut
     short is finished first by a ``fit`` of its remaining steps, so every step sees the data
-    it would have seen. A call whose rounds are done by the time it comes is skipped."""
-    calls = [(schedule.rounds, schedule.steps_per_round)]
+    it would have seen. A call whose epochs are done by the time it comes is skipped."""
+    calls = [(schedule.epochs, schedule.steps_per_epoch)]
     if cut_short(state, schedule):
-        calls.insert(0, (state.rounds + 1, (state.rounds + 1) * schedule.steps_per_round - state.step))
+        calls.insert(0, (state.epochs + 1, (state.epochs + 1) * schedule.steps_per_epoch - state.step))
     return calls

@@ -2,7 +2,7 @@
 
 The search space is written in Hydra's sweep grammar (``interval(1e-4, 1e-3)``,
 ``tag(log, interval(...))``, ``int(interval(16, 64))``, ``choice(32, 64)``,
-``range(1, 4)``). Each trial is one sweep job; it reports its FID after every round to the
+``range(1, 4)``). Each trial is one sweep job; it reports its FID after every epoch to the
 study, which stops (prunes) trials that fall behind the others. The study lives in an
 Optuna journal file, so a search that was stopped continues with the same command, and
 trials of one batch may run in parallel through any launcher.
@@ -71,12 +71,12 @@ def search_space(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str
 
 def pruner(settings: SearchConfig) -> optuna.pruners.BasePruner:
     """Optuna's median pruner: a trial stops when its FID is worse than the median of the
-    earlier trials' at the same round."""
-    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_rounds)
+    earlier trials' at the same epoch."""
+    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs)
 
 
 class ReportToStudy(keras.callbacks.Callback):
-    """In a trial's training: report each round's in-training FID to the study and stop
+    """In a trial's training: report each epoch's in-training FID to the study and stop
     early when its pruner says the trial is behind (``pruned`` then says so)."""
 
     def __init__(self, settings: SearchConfig):
@@ -85,13 +85,13 @@ class ReportToStudy(keras.callbacks.Callback):
         self.trial = optuna.Trial(study, study.trials[settings.trial]._trial_id)  # trials are listed by number
         self.pruned = False
 
-    def on_epoch_end(self, round_index, logs=None):
+    def on_epoch_end(self, epoch_index, logs=None):
         fid = (logs or {}).get("progress/fid")
         if fid is None:
             return
-        self.trial.report(float(fid), round_index + 1)
+        self.trial.report(float(fid), epoch_index + 1)
         if self.trial.should_prune():
-            log.info("trial %d pruned after round %d (FID %.2f)", self.trial.number, round_index + 1, fid)
+            log.info("trial %d pruned after epoch %d (FID %.2f)", self.trial.number, epoch_index + 1, fid)
             self.pruned = True
             self.model.stop_training = True
 

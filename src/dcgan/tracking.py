@@ -195,7 +195,7 @@ def _check_database(uri: str) -> None:
 @contextmanager
 def store_outage_is_user_error() -> Iterator[None]:
     """A tracking store that stops answering mid-run, beyond MLflow's retries (minutes for a
-    server): one line; the checkpoint of the last completed round is on disk already."""
+    server): one line; the checkpoint of the last completed epoch is on disk already."""
     from requests.exceptions import RequestException
 
     try:
@@ -204,7 +204,7 @@ def store_outage_is_user_error() -> Iterator[None]:
         raise UserError(
             _damaged_sqlite(exc)
             or f"MLflow tracking store {_redacted(mlflow.get_tracking_uri())} failed during the run "
-            f"({_reason(exc)}); completed rounds are checkpointed: rerun the same command to resume into the same run"
+            f"({_reason(exc)}); completed epochs are checkpointed: rerun the same command to resume into the same run"
         ) from None
 
 
@@ -330,8 +330,8 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     return run
 
 
-def logged_rounds(run_id: str) -> int:
-    """The last round whose metrics the run has logged (0 for none)."""
+def logged_epochs(run_id: str) -> int:
+    """The last epoch whose metrics the run has logged (0 for none)."""
     return max((metric.step for metric in mlflow.MlflowClient().get_metric_history(run_id, "d_loss")), default=0)
 
 
@@ -444,9 +444,9 @@ def log_training_data(name: str, folder: Path, manifest: dict, digest: str) -> N
     )
 
 
-def log_generator(generator, latent_dim: int, round_number: int) -> None:
+def log_generator(generator, latent_dim: int, epoch_number: int) -> None:
     """Log the generator as an MLflow model whose signature is noise -> images, tagged
-    with the round it was trained to (a resumed run logs one model per invocation)."""
+    with the epoch it was trained to (a resumed run logs one model per invocation)."""
     import keras
     import tensorflow as tf
 
@@ -462,6 +462,6 @@ def log_generator(generator, latent_dim: int, round_number: int) -> None:
         name="generator",
         signature=signature,
         pip_requirements=requirements,
-        step=round_number,
-        tags={"epoch": str(round_number)},
+        step=epoch_number,
+        tags={"epoch": str(epoch_number)},
     )

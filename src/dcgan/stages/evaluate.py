@@ -47,7 +47,7 @@ def _training_run_id(run_info: Path) -> str:
 def _progress_frames(samples_dir: Path) -> list[np.ndarray]:
     paths = sorted(samples_dir.glob("epoch_*.png"))
     if not paths:
-        raise UserError(f"{samples_dir}: no per-round sample grids; run the train stage first")
+        raise UserError(f"{samples_dir}: no per-epoch sample grids; run the train stage first")
     return [iio.imread(path) for path in paths]
 
 
@@ -144,7 +144,7 @@ def _draw_figures(
 
 
 def _quality(scorer: Scorer, fake: np.ndarray, noise: np.ndarray, trained: TrainOutputs) -> dict:
-    """FID & co. of the last generator and, under ``best``, of the best-FID round's."""
+    """FID & co. of the last generator and, under ``best``, of the best-FID epoch's."""
     scores = scorer.score(fake)
     if scorer.space.accuracy is not None:
         scores["classifier_accuracy"] = scorer.space.accuracy

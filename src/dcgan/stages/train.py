@@ -137,7 +137,7 @@ def _log_architecture(gan: GAN) -> None:
 
 
 def train(config: Config) -> dict:
-    """Train (or resume) the configured GAN; returns the last round's metrics."""
+    """Train (or resume) the configured GAN; returns the last epoch's metrics."""
     split_cpu(config.train.cpu_devices)  # both before TensorFlow starts
     limit_threads(config.train.threads)
     models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
@@ -177,14 +177,14 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
         tracking.log_precision(precision)
         throughput = Throughput(config.train.batch_size)
         trial = search.ReportToStudy(config.search) if config.search.trial is not None else None
-        logged = tracking.logged_rounds(run.info.run_id)
+        logged = tracking.logged_epochs(run.info.run_id)
         callbacks = [
             throughput,
             SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples, logged),
-            *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.rounds)] if scorer else []),
+            *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.epochs)] if scorer else []),
             MLflowMetrics(logged),
-            Checkpointer(checkpoints, state, schedule.steps_per_round, stop, resume.round_means(gan, state, schedule)),
-            *([trial] if trial else []),  # after the round is committed: a pruned trial keeps it
+            Checkpointer(checkpoints, state, schedule.steps_per_epoch, stop, resume.epoch_means(gan, state, schedule)),
+            *([trial] if trial else []),  # after the epoch is committed: a pruned trial keeps it
         ]
         try:
             _fit(gan, config, prepared, manifest, schedule, state, callbacks)
@@ -252,18 +252,18 @@ def _write_outputs(
 def _fit(
     gan: GAN, config: Config, prepared: Path, manifest: dict, schedule: Schedule, state: RunState, callbacks: list
 ) -> None:
-    """Run the rounds still to do (Keras' epochs), the data read from the step reached."""
-    for rounds, steps_per_round in resume.fit_calls(state, schedule):
-        if state.rounds >= rounds:
+    """Run the epochs still to do, the data read from the step reached."""
+    for epochs, steps_per_epoch in resume.fit_calls(state, schedule):
+        if state.epochs >= epochs:
             continue
         dataset = training_dataset(
             prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer, state.step
         )
         gan.fit(
             dataset,
-            epochs=rounds,
-            initial_epoch=state.rounds,
-            steps_per_epoch=steps_per_round,
+            epochs=epochs,
+            initial_epoch=state.epochs,
+            steps_per_epoch=steps_per_epoch,
             shuffle=False,  # the dataset shuffles itself, reproducibly per pass
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
@@ -271,7 +271,7 @@ def _fit(
 
 
 def _history_csv(history: list[dict]) -> str:
-    """The per-round metrics as CSV, the file ``dvc plots`` draws."""
+    """The per-epoch metrics as CSV, the file ``dvc plots`` draws."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_KEYS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

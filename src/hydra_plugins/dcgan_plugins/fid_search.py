@@ -25,7 +25,7 @@ class FidSearchConf:
     n_jobs: int = 1  # trials asked for at a time, run side by side by a parallel launcher
     seed: int = 0  # the sampler's (TPE)
     startup_trials: int = 2  # trials that run to the end before any is pruned (Optuna's median pruner)
-    warmup_rounds: int = 1  # rounds a trial runs before it can be pruned
+    warmup_epochs: int = 1  # epochs a trial runs before it can be pruned
     params: dict[str, str] = field(default_factory=dict)  # key: search-space expression
     best_params: str = "reports/best_params.yaml"
 
@@ -42,7 +42,7 @@ class FidSearchSweeper(Sweeper):
         n_jobs: int,
         seed: int,
         startup_trials: int,
-        warmup_rounds: int,
+        warmup_epochs: int,
         params: Any,
         best_params: str,
     ):
@@ -51,7 +51,7 @@ class FidSearchSweeper(Sweeper):
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.seed = seed
-        self.pruning = [f"search.startup_trials={startup_trials}", f"search.warmup_rounds={warmup_rounds}"]
+        self.pruning = [f"search.startup_trials={startup_trials}", f"search.warmup_epochs={warmup_epochs}"]
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
         self.best_params = Path(best_params)
 
