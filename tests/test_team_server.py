@@ -212,14 +212,14 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
     client retries ride it out, and every epoch's metrics and grid arrive. Without
     retries, the training stops with one line and its rerun resumes into the same run."""
     epochs = 6
+    profile = [*TINY, "data.limit=128", f"train.epochs={epochs}"]  # 2 steps an epoch: the outage dominates
     client = team_server.client()
 
     def train_through_an_outage(workdir: Path, experiment: str, env: dict | None = None) -> Training:
         """Start a training, stop the server once its first epoch is logged, start it 15 s later."""
         training = Training(
             workdir,
-            *TINY,
-            f"train.epochs={epochs}",
+            *profile,
             f"tracking.uri={team_server.uri}",
             f"tracking.experiment={experiment}",
             env=env,
@@ -267,8 +267,7 @@ def test_a_server_restart_mid_training_loses_no_epoch(team_server, tmp_path):
     run_id = training_run_id(tmp_path / "stopped")
     run_stage(
         "train",
-        *TINY,
-        f"train.epochs={epochs}",
+        *profile,
         f"tracking.uri={team_server.uri}",
         "tracking.experiment=outage-no-retries",
         cwd=tmp_path / "stopped",
