@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import REPO, compose_config
 
+from dcgan import models
 from dcgan.cli import as_group_choice
 from dcgan.config import flatten, to_dict
 
@@ -85,6 +86,24 @@ def test_the_defaults_table_matches_conf():
     assert len(rows) >= 15
     defaults = flatten(to_dict(compose_config()))
     assert {key: _value(text) for key, text in rows} == {key: defaults[key] for key, _ in rows}
+
+
+# The parameter counts docs/datasets.md quotes: (model option, image shape, its text).
+PARAMETER_COUNTS = [
+    ("dcgan_mnist_deep_d", (28, 28, 1), r"`dcgan_mnist_deep_d` \(default\) \|.*?D ([\d,]+) parameters"),
+    ("dcgan_mnist", (28, 28, 1), r"`dcgan_mnist` \|.*?G ([\d,]+) / D ([\d,]+) parameters"),
+    ("dcgan_half", (64, 64, 3), r"`model.filters=32`: G ([\d.]+) M, D ([\d.]+) M\s+parameters"),
+    ("dcgan", (64, 64, 3), r"against ([\d.]+) M and ([\d.]+) M at the full width"),
+]
+
+
+@pytest.mark.parametrize("model, shape, pattern", PARAMETER_COUNTS, ids=[row[0] for row in PARAMETER_COUNTS])
+def test_documented_parameter_counts_are_the_built_networks(model, shape, pattern):
+    quoted = re.search(pattern, (REPO / "docs/datasets.md").read_text(), re.S).groups()
+    networks = models.build(compose_config([f"model={model}"]).model, shape, [-1.0, 1.0])
+    counts = [network.count_params() for network in networks[-len(quoted) :]]  # D alone, or G and D
+    for text, count in zip(quoted, counts):
+        assert text == (f"{count:,}" if "," in text else f"{count / 1e6:.2f}"), (model, counts)
 
 
 def _anchor(heading: str) -> str:
