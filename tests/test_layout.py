@@ -84,8 +84,8 @@ def test_each_stage_depends_on_the_code_it_runs_and_not_on_the_rest():
         exempt = NOT_DEPS.get(name, set()) | architecture_files()
         missing = sorted(str(f.relative_to(REPO)) for f in needed if not covered(f) and f not in exempt)
         assert missing == [], f"{name}: {missing}"
-        unused = sorted(
-            str(d.relative_to(REPO)) for d in deps if d.suffix == ".py" and d not in needed and d.name != f"{name}.py"
-        )
+        entry = REPO / "src" / f"{name}.py"
+        unused = sorted(str(d.relative_to(REPO)) for d in deps if d.suffix == ".py" and d not in needed and d != entry)
         assert unused == [], f"{name}: {unused}"
+        assert [str(d.relative_to(REPO)) for d in deps if not d.exists()] == [], f"{name}: deps that do not exist"
         assert REPO / "src/dcgan" not in deps, f"{name} depends on the whole package"
