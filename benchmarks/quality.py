@@ -55,8 +55,8 @@ def main() -> None:
         compare_precisions(args.epochs, args.overrides)
         return
     config = configure(REPO, ["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
-    prepared, manifest = prepared_dataset(config)
-    space = quality.feature_space(config, prepared, manifest)
+    prepared, manifest = prepared_dataset(config.data, config.paths)
+    space = quality.feature_space(config.metrics, config.paths.classifier_dir, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")
     scorer = quality.Scorer(space, config.metrics, prepared, manifest, COUNT)
     train_images, train_labels = load_images(prepared, manifest, "train", 60000)

@@ -229,9 +229,9 @@ def main() -> None:
     summary = {}
     for title, overrides, batch, steps in setups:
         config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
-        prepared, manifest = prepared_dataset(config)
+        prepared, manifest = prepared_dataset(config.data, config.paths)
         # The setup's own cadence, before the timed runs set theirs.
-        epoch_steps = Schedule.of(config, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
+        epoch_steps = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
         metrics_every = config.metrics.every
         images, _ = load_images(prepared, manifest, "train", 60000)
         generator, discriminator = models.build(

@@ -96,8 +96,10 @@ def main() -> None:
     workdir = as_project(Path(tempfile.mkdtemp(prefix="dcgan-ttq-")))
 
     config = configure(workdir, args.overrides)
-    prepared, manifest = prepared_dataset(config)
-    space = quality.feature_space(config, prepared, manifest)  # trains and caches the classifier if missing
+    prepared, manifest = prepared_dataset(config.data, config.paths)
+    space = quality.feature_space(
+        config.metrics, config.paths.classifier_dir, prepared, manifest
+    )  # trains and caches the classifier if missing
     precision = resolve_precision(config.train.precision)  # measured now if not cached, off (a)'s clock
     print(f"work dir {workdir}; default run's precision: {precision.describe()}", flush=True)
 

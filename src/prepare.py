@@ -8,7 +8,7 @@ from dcgan.data.prepare import prepare
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> object:
-    return run_stage(prepare, cfg)
+    return run_stage(lambda config: prepare(config.data, config.paths), cfg)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def tiny_prepared(tmp_path_factory) -> Config:
     from dcgan.data.prepare import prepare
 
     config = compose_config(TINY, tmp_path_factory.mktemp("tiny"))
-    prepare(config)
+    prepare(config.data, config.paths)
     return config
 
 

@@ -57,11 +57,15 @@ def folder_config(tmp_path, folder, *overrides):
     )
 
 
+def prepare_folder(tmp_path, folder, *overrides) -> dict:
+    config = folder_config(tmp_path, folder, *overrides)
+    return prepare(config.data, config.paths)
+
+
 def test_skips_and_reports_bad_files_and_converts_the_rest(tmp_path, messy_folder):
-    config = folder_config(
+    manifest = prepare_folder(
         tmp_path, messy_folder, "data.labels=subfolder", "data.max_skipped_fraction=0.2", "data.test_fraction=0.2"
     )
-    manifest = prepare(config)
     skipped = {entry["file"]: entry["reason"] for entry in manifest["skipped"]}
     assert set(skipped) == {"daisy/truncated.jpg", "daisy/notes.jpg", "daisy/tiny.png"}
     assert skipped["daisy/tiny.png"].startswith("too small (10x10")
@@ -99,7 +103,7 @@ def test_too_many_bad_files_is_an_error_and_writes_nothing(tmp_path, messy_folde
     with pytest.raises(
         UserError, match=r"photos: 3 of 26 image files could not be used .*data.max_skipped_fraction is 0.05"
     ):
-        prepare(config)
+        prepare(config.data, config.paths)
     assert not (tmp_path / "data/prepared/photos").exists()
     assert not list((tmp_path / "data/prepared").iterdir())  # no data, no temp folder, no lock file
 
@@ -111,27 +115,23 @@ def test_all_files_unreadable(tmp_path):
         (folder / f"x{i}.jpg").write_text("nope")
     # Counted over both splits: the 2 files of the test split are bad too ("18 of 20" before).
     with pytest.raises(UserError, match="all 20 image files could not be used"):
-        prepare(folder_config(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1"))
+        prepare_folder(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1")
     with pytest.raises(UserError, match="all 20 image files could not be used"):
-        prepare(
-            folder_config(
-                tmp_path, folder, "data.labels=none", "data.test_fraction=0.1", "data.max_skipped_fraction=1.0"
-            )
-        )
+        prepare_folder(tmp_path, folder, "data.labels=none", "data.test_fraction=0.1", "data.max_skipped_fraction=1.0")
 
 
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'}: image folder not found"):
-        prepare(folder_config(tmp_path, tmp_path / "nowhere"))
+        prepare_folder(tmp_path, tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no image files"):
-        prepare(folder_config(tmp_path, tmp_path / "empty"))
+        prepare_folder(tmp_path, tmp_path / "empty")
 
 
 @pytest.mark.real_data
 def test_prefix_labels_on_the_mirror_flowers(tmp_path):
     config = compose_config(["data=flowers64", "data.image_size=16", "data.limit=40", "data.shards=1"], tmp_path)
-    manifest = prepare(config)
+    manifest = prepare(config.data, config.paths)
     assert manifest["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert manifest["splits"]["train"]["count"] == 40
     assert 250 < manifest["splits"]["test"]["count"] < 420  # ~10% of 3,311, by path hash

@@ -98,7 +98,7 @@ def test_training_batches_are_seeded_per_epoch(tiny_prepared):
 
 def test_resize_to_32(tmp_path):
     config = compose_config(TINY + ["data.image_size=32", "data.limit=16"], tmp_path)
-    manifest = prepare(config)
+    manifest = prepare(config.data, config.paths)
     assert manifest["image_shape"] == [32, 32, 1] and manifest["resize"]
     images, _ = load_images(tmp_path / "data/prepared/mnist", manifest, "train", 16)
     assert images.shape == (16, 32, 32, 1)
@@ -110,7 +110,7 @@ def test_resize_to_32(tmp_path):
 
 def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatch):
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
-    prepare(config)
+    prepare(config.data, config.paths)
     folder = tmp_path / "data/prepared/mnist"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -124,7 +124,7 @@ def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatc
     monkeypatch.setattr(tfrecords, "_write_split", crash_on_test_split)
     config.data.limit = 16
     with pytest.raises(KeyboardInterrupt):
-        prepare(config)
+        prepare(config.data, config.paths)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in folder.parent.iterdir()) == ["mnist"]  # no temp folders or lock file left
 
@@ -136,7 +136,7 @@ def test_missing_prepared_data_is_a_clear_error(tmp_path):
 
 def test_missing_shard_is_detected(tmp_path):
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
-    manifest = prepare(config)
+    manifest = prepare(config.data, config.paths)
     shard = tmp_path / "data/prepared/mnist" / manifest["splits"]["train"]["shards"][0]["file"]
     shard.unlink()
     with pytest.raises(UserError, match=f"{shard}: shard listed in manifest.json is missing"):
@@ -147,7 +147,7 @@ def test_an_edited_record_count_names_the_manifest_before_the_classifier_is_touc
     from dcgan.domain_classifier import train_classifier
 
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
-    prepare(config)
+    prepare(config.data, config.paths)
     path = tmp_path / "data/prepared/mnist/manifest.json"
     manifest = json.loads(path.read_text())
     manifest["splits"]["train"]["count"] = 100000
@@ -175,13 +175,13 @@ def test_training_prepares_missing_or_stale_data(tmp_path):
     from dcgan.data.prepare import prepared_dataset
 
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
-    folder, manifest = prepared_dataset(config)  # missing: prepared now
+    folder, manifest = prepared_dataset(config.data, config.paths)  # missing: prepared now
     assert manifest["splits"]["train"]["count"] == 8
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    assert prepared_dataset(config)[1] == manifest  # up to date: reused as is
+    assert prepared_dataset(config.data, config.paths)[1] == manifest  # up to date: reused as is
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
     config.data.image_size = 32  # stale: prepared again
-    assert prepared_dataset(config)[1]["image_shape"] == [32, 32, 1]
+    assert prepared_dataset(config.data, config.paths)[1]["image_shape"] == [32, 32, 1]
 
 
 def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monkeypatch):
@@ -193,7 +193,7 @@ def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monke
         monkeypatch.setitem(
             sources.ARCHIVES, "tf_flowers", archive_entry(tgz, ["http://127.0.0.1:9/flower_photos.tgz", url + tgz.name])
         )
-        manifest = prepare(config)
+        manifest = prepare(config.data, config.paths)
     extracted = tmp_path / "data/raw/tf_flowers/flower_photos"
     assert [p.name for p in extracted.parent.iterdir()] == ["flower_photos"]  # the archive and temp files are gone
     assert manifest["source_folder"] == str(extracted)
@@ -205,7 +205,7 @@ def test_flowers_without_a_mirror_come_from_the_verified_archive(tmp_path, monke
     assert manifest["source_files"] == 12 and not manifest["skipped"]
     assert manifest["splits"]["train"]["count"] + manifest["splits"]["test"]["count"] == 12
     # Server gone: the extracted folder is reused, nothing is downloaded again.
-    assert prepare(config)["splits"] == manifest["splits"]
+    assert prepare(config.data, config.paths)["splits"] == manifest["splits"]
 
 
 def test_content_digest_and_record_order_do_not_depend_on_sharding(tmp_path):
@@ -213,7 +213,7 @@ def test_content_digest_and_record_order_do_not_depend_on_sharding(tmp_path):
     digests, orders = set(), []
     for shards in (1, 3):
         config = compose_config(TINY + ["data.limit=50", f"data.shards={shards}"], tmp_path / str(shards))
-        manifest = prepare(config)
+        manifest = prepare(config.data, config.paths)
         digests.add(manifest["content_sha256"])
         folder = Path(config.paths.prepared_dir) / "mnist"
         orders.append([label.numpy() for _, label in tfrecords.read_split(folder, manifest, "train")])

@@ -34,7 +34,7 @@ def scored(tmp_path_factory):
     config = compose_config(overrides, workdir)
     prepared = Path(config.paths.prepared_dir) / config.data.name
     manifest = load_manifest(prepared)
-    space = quality.feature_space(config, prepared, manifest)
+    space = quality.feature_space(config.metrics, config.paths.classifier_dir, prepared, manifest)
     scorer = quality.Scorer(space, config.metrics, prepared, manifest, COUNT)
     images, labels = load_images(prepared, manifest, "test", 3 * COUNT)
     return config, prepared, manifest, scorer, images[COUNT:], labels[COUNT:]
@@ -44,7 +44,9 @@ def scored(tmp_path_factory):
 def test_classifier_is_accurate_and_cached(scored):
     config, prepared, manifest, scorer, _, _ = scored
     assert scorer.space.accuracy > 0.97  # ~99.3% with the default 3 epochs
-    again = classifier_for(config, prepared, manifest)  # from the cache: same accuracy, no retraining
+    again = classifier_for(
+        config.metrics.classifier, config.paths.classifier_dir, prepared, manifest
+    )  # from the cache: same accuracy, no retraining
     assert again[1] == scorer.space.accuracy
 
 

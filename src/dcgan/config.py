@@ -505,7 +505,8 @@ def validate(cfg: DictConfig | dict) -> Config:
     return config
 
 
-def to_dict(config: Config) -> dict:
+def to_dict(config: Any) -> dict:
+    """The config, or one of its sections, as plain dicts and lists."""
     return OmegaConf.to_container(OmegaConf.structured(config))
 
 
@@ -559,16 +560,16 @@ def run_identity(config: Config) -> dict[str, Any]:
     }
 
 
-def scoring_identity(config: Config) -> dict[str, Any]:
+def scoring_identity(metrics: MetricsConfig) -> dict[str, Any]:
     """The settings the in-training scores were computed with."""
     return {
         key: value
-        for key, value in flatten({"metrics": to_dict(config)["metrics"]}).items()
+        for key, value in flatten({"metrics": to_dict(metrics)}).items()
         if not _matches(key, NO_EFFECT_ON_RUN)
     }
 
 
-def data_identity(config: Config) -> dict[str, Any]:
+def data_identity(data: DataConfig) -> dict[str, Any]:
     """The data settings that change what prepare writes (not where it reads from)."""
-    flat = flatten({"data": to_dict(config)["data"]})
+    flat = flatten({"data": to_dict(data)})
     return {key: value for key, value in flat.items() if key not in _NO_EFFECT_ON_DATA}

@@ -64,10 +64,10 @@ def with_features(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.inputs, [classifier.get_layer(FEATURES).output, classifier.outputs[0]])
 
 
-def _identity(config: Config, prepared: Path) -> dict:
+def _identity(settings: ClassifierConfig, prepared: Path) -> dict:
     return {
         "data.manifest_sha256": manifest_sha256(prepared),
-        **flatten({"metrics.classifier": to_dict(config)["metrics"]["classifier"]}),
+        **flatten({"metrics.classifier": to_dict(settings)}),
     }
 
 
@@ -85,16 +85,15 @@ def training_epochs(settings: ClassifierConfig, steps_per_epoch: int) -> int:
     return max(settings.epochs, -(-settings.min_steps // steps_per_epoch))
 
 
-def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict:
-    settings = config.metrics.classifier
-    report = {"identity": _identity(config, prepared), "num_classes": manifest.get("num_classes", 0)}
+def _train(settings: ClassifierConfig, prepared: Path, manifest: dict, folder: Path) -> dict:
+    report = {"identity": _identity(settings, prepared), "num_classes": manifest.get("num_classes", 0)}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if report["num_classes"] < 2:
         log.warning(
             "%s has no class labels: no domain classifier, so no classifier-based quality metrics "
             "(set data.labels, or metrics.features=inception)",
-            config.data.name,
+            manifest["dataset"],
         )
         report["classifier_accuracy"] = None
         write_json(folder / REPORT, report)
@@ -103,7 +102,7 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
     report["epochs"] = training_epochs(settings, steps_per_epoch)
     log.info(
         "training the domain classifier for %s (%d classes, %d epochs), cached in %s",
-        config.data.name,
+        manifest["dataset"],
         report["num_classes"],
         report["epochs"],
         folder,
@@ -139,33 +138,35 @@ def _train(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict
 
 def train_classifier(config: Config) -> dict:
     """The stage: (re)train the classifier of ``config.data`` unless the cached one is current."""
-    prepared, manifest = prepared_dataset(config)
+    prepared, manifest = prepared_dataset(config.data, config.paths)
     folder = Path(config.paths.classifier_dir) / config.data.name
     with locked(folder, wait=True):
-        return _current_report(config, prepared, manifest, folder)
+        return _current_report(config.metrics.classifier, prepared, manifest, folder)
 
 
-def _current_report(config: Config, prepared: Path, manifest: dict, folder: Path) -> dict:
+def _current_report(settings: ClassifierConfig, prepared: Path, manifest: dict, folder: Path) -> dict:
     """The cached report if current, else the one of a classifier trained now. Callers hold
     the folder's lock: parallel sweep jobs would otherwise all train it and read each
     other's half-written model."""
-    return _cached_report(config, prepared, folder) or _train(config, prepared, manifest, folder)
+    return _cached_report(settings, prepared, folder) or _train(settings, prepared, manifest, folder)
 
 
-def _cached_report(config: Config, prepared: Path, folder: Path) -> dict | None:
+def _cached_report(settings: ClassifierConfig, prepared: Path, folder: Path) -> dict | None:
     try:
         report = json.loads((folder / REPORT).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return report if report.get("identity") == _identity(config, prepared) else None
+    return report if report.get("identity") == _identity(settings, prepared) else None
 
 
-def classifier_for(config: Config, prepared: Path, manifest: dict) -> tuple[keras.Model, float] | None:
-    """(features-and-probabilities network, test accuracy) of the data's classifier,
-    training it first if needed; None for data without class labels."""
-    folder = Path(config.paths.classifier_dir) / config.data.name
+def classifier_for(
+    settings: ClassifierConfig, classifier_dir: str | Path, prepared: Path, manifest: dict
+) -> tuple[keras.Model, float] | None:
+    """(features-and-probabilities network, test accuracy) of the prepared data's classifier
+    in ``classifier_dir``, training it first if needed; None for data without class labels."""
+    folder = Path(classifier_dir) / manifest["dataset"]
     with locked(folder, wait=True):
-        report = _current_report(config, prepared, manifest, folder)
+        report = _current_report(settings, prepared, manifest, folder)
         if report["classifier_accuracy"] is None:
             return None
         return with_features(keras.models.load_model(folder / MODEL)), report["classifier_accuracy"]

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import metrics
-from dcgan.config import Config, MetricsConfig
+from dcgan.config import MetricsConfig
 from dcgan.data.pipeline import load_images
 from dcgan.domain_classifier import classifier_for
 from dcgan.errors import UserError
@@ -80,12 +80,15 @@ def inception_space(pixel_range: list[float]) -> FeatureSpace:
     return FeatureSpace(features, pixel_range, inception=True)
 
 
-def feature_space(config: Config, prepared: Path, manifest: dict) -> FeatureSpace | None:
-    """The configured feature space; None when the classifier is asked for but the data has
-    no class labels (the metrics are then skipped, with a warning)."""
-    if config.metrics.features == "inception":
+def feature_space(
+    metrics: MetricsConfig, classifier_dir: str | Path, prepared: Path, manifest: dict
+) -> FeatureSpace | None:
+    """The configured feature space (a domain classifier kept in ``classifier_dir``); None when
+    the classifier is asked for but the data has no class labels (the metrics are then skipped,
+    with a warning)."""
+    if metrics.features == "inception":
         return inception_space(manifest["normalization"]["range"])
-    classifier = classifier_for(config, prepared, manifest)
+    classifier = classifier_for(metrics.classifier, classifier_dir, prepared, manifest)
     return (
         None
         if classifier is None
@@ -93,11 +96,13 @@ def feature_space(config: Config, prepared: Path, manifest: dict) -> FeatureSpac
     )
 
 
-def scorer_for(config: Config, prepared: Path, manifest: dict, count: int) -> Scorer | None:
+def scorer_for(
+    metrics: MetricsConfig, classifier_dir: str | Path, prepared: Path, manifest: dict, count: int
+) -> Scorer | None:
     """A scorer of ``count`` samples against the test split in the configured feature space
     (training the domain classifier first if needed); None for data without class labels."""
-    space = feature_space(config, prepared, manifest)
-    return None if space is None else Scorer(space, config.metrics, prepared, manifest, count)
+    space = feature_space(metrics, classifier_dir, prepared, manifest)
+    return None if space is None else Scorer(space, metrics, prepared, manifest, count)
 
 
 class Scorer:

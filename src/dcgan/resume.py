@@ -20,7 +20,7 @@ import numpy as np
 
 from dcgan import tracking
 from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
-from dcgan.config import Config, run_identity, scoring_identity
+from dcgan.config import Config, MetricsConfig, TrainConfig, run_identity, scoring_identity
 from dcgan.errors import UserError
 from dcgan.paths import TrainOutputs
 from dcgan.quality import Scorer, samples_of
@@ -43,8 +43,7 @@ class Schedule:
         return self.epochs * self.steps_per_epoch
 
     @classmethod
-    def of(cls, config: Config, train_count: int, prepared: Path) -> "Schedule":
-        train = config.train
+    def of(cls, train: TrainConfig, train_count: int, prepared: Path) -> "Schedule":
         per_pass = train_count // train.batch_size
         if per_pass == 0:
             raise UserError(
@@ -70,7 +69,7 @@ def identity_of(config: Config, manifest: dict, schedule: Schedule) -> dict:
 
 
 def resume_or_start(
-    config: Config, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir, out: TrainOutputs
+    mode: str, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir, out: TrainOutputs
 ) -> RunState:
     """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
     discards the old checkpoint, grids and best generator and marks the MLflow run of a
@@ -79,11 +78,11 @@ def resume_or_start(
     try:
         state = checkpoints.load_state()
     except UserError:
-        if config.train.resume != "never":
+        if mode != "never":
             raise
         state = None
     if state is not None and state.checkpoint is not None:
-        reason = _why_start_over(state, identity, config, schedule.total_steps, checkpoints.folder)
+        reason = _why_start_over(state, identity, mode, schedule.total_steps, checkpoints.folder)
         if reason is None:
             state = checkpoints.restore(gan.state_variables(), state)
             log.info(
@@ -94,7 +93,7 @@ def resume_or_start(
             )
             return state
         log.warning(reason)
-    elif config.train.resume == "always":
+    elif mode == "always":
         raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
     for run_id in {state.mlflow_run_id if state else None, _recorded_run_id(out.run_info)}:
         tracking.end_abandoned_run(run_id)
@@ -107,12 +106,12 @@ def _differences(old: dict, new: dict) -> list[str]:
     return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
-def _why_start_over(state: RunState, identity: dict, config: Config, total_steps: int, folder: Path) -> str | None:
-    """Why the checkpoint ``state`` cannot be resumed (None: resume it). Refuses (raises)
-    where starting over would discard work the user may not mean to lose."""
+def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int, folder: Path) -> str | None:
+    """Why the checkpoint ``state`` cannot be resumed under ``train.resume`` ``mode`` (None:
+    resume it). Refuses (raises) where starting over would discard work the user may not mean
+    to lose."""
     changed = _differences(state.identity, identity)
-    resume = config.train.resume
-    if resume == "never":
+    if mode == "never":
         return f"train.resume=never: discarding the checkpoint in {folder}"
     if changed == [DATA_DIGEST]:
         raise UserError(
@@ -120,7 +119,7 @@ def _why_start_over(state: RunState, identity: dict, config: Config, total_steps
             f"sha256 {str(state.identity.get(DATA_DIGEST))[:12]} -> {identity[DATA_DIGEST][:12]}); "
             "rerun with train.resume=never to start over on the new data"
         )
-    if changed and resume == "always":
+    if changed and mode == "always":
         key = changed[0]
         raise UserError(
             f"config key {key}: {identity.get(key)!r} does not match the checkpoint in {folder} "
@@ -148,7 +147,7 @@ def _recorded_run_id(run_info: Path) -> str | None:
 
 
 def rescore_if_changed(
-    config: Config,
+    metrics: MetricsConfig,
     state: RunState,
     schedule: Schedule,
     gan: keras.Model,
@@ -159,7 +158,7 @@ def rescore_if_changed(
     """After a change of metrics.*: score the best generator (and, for a run with nothing
     left to train, the last) again, so the best epoch and the final scores are current;
     the earlier epochs' rows in the history keep the scores of their time."""
-    scoring = scoring_identity(config)
+    scoring = scoring_identity(metrics)
     previous, state.scoring = state.scoring, scoring
     if previous is None or previous == scoring or not state.history:
         return

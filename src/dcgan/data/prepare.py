@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from dcgan.config import Config, DataConfig, data_identity
+from dcgan.config import DataConfig, PathsConfig, data_identity
 from dcgan.data import idx, image_folder, sources
 from dcgan.data.tfrecords import FORMAT_VERSION, MANIFEST, load_manifest, write_prepared
 from dcgan.errors import UserError
@@ -40,14 +40,13 @@ def _resized(images: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield from np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
 
 
-def _idx_splits(config: Config) -> tuple[dict, dict]:
-    data = config.data
+def _idx_splits(data: DataConfig, raw_dir: Path) -> tuple[dict, dict]:
     if data.channels != 1:
         raise UserError(
             f"config key data.channels: {data.source} images are greyscale (1 channel), got {data.channels}"
         )
     spec = sources.dataset(data.source)
-    contents = sources.fetch(data.source, data.mirror_dir(), data.urls, Path(config.paths.raw_dir) / data.source)
+    contents = sources.fetch(data.source, data.mirror_dir(), data.urls, raw_dir / data.source)
     arrays = {}
     for split, images, labels in (
         ("train", spec.train_images, spec.train_labels),
@@ -77,9 +76,8 @@ def _checked(examples: Iterable, skipped: list[dict], total: int, folder: Path, 
         )
 
 
-def _image_folder_splits(config: Config) -> tuple[dict, dict]:
-    data = config.data
-    folder, labels = sources.image_folder_source(data, Path(config.paths.raw_dir))
+def _image_folder_splits(data: DataConfig, raw_dir: Path) -> tuple[dict, dict]:
+    folder, labels = sources.image_folder_source(data, raw_dir)
     files, classes = image_folder.list_images(folder, labels, data.label_pattern)
     by_split = {"train": [], "test": []}
     for file in files:
@@ -111,18 +109,16 @@ def _image_folder_splits(config: Config) -> tuple[dict, dict]:
     return splits, described
 
 
-def prepare(config: Config) -> dict:
-    data = config.data
-    prepared_dir = Path(config.paths.prepared_dir)
+def prepare(data: DataConfig, paths: PathsConfig) -> dict:
+    """Prepare ``data`` into ``paths.prepared_dir/<data.name>`` (raw downloads in ``paths.raw_dir``)."""
+    prepared_dir = Path(paths.prepared_dir)
     check_writable(prepared_dir)
     with locked(prepared_dir / data.name):
-        return _prepare(config)
+        return _prepare(data, Path(paths.raw_dir), prepared_dir / data.name)
 
 
-def _prepare(config: Config) -> dict:
-    data = config.data
-    splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(config)
-    target = Path(config.paths.prepared_dir) / data.name
+def _prepare(data: DataConfig, raw_dir: Path, target: Path) -> dict:
+    splits, described = (_image_folder_splits if data.source == "image_folder" else _idx_splits)(data, raw_dir)
     log.info(
         "preparing %s (%s) at %dx%dx%d into %s",
         data.name,
@@ -140,7 +136,7 @@ def _prepare(config: Config) -> dict:
         "image_shape": list(data.image_shape),
         "storage_dtype": "uint8",
         "normalization": normalization(data.pixel_range),
-        "data_config": data_identity(config),
+        "data_config": data_identity(data),
         **described,
     }
     manifest = write_prepared(target, splits, data.shards, manifest)
@@ -150,22 +146,22 @@ def _prepare(config: Config) -> dict:
     return manifest
 
 
-def prepared_dataset(config: Config) -> tuple[Path, dict]:
-    """The prepared dataset for ``config.data``, preparing it first if it is missing or was
+def prepared_dataset(data: DataConfig, paths: PathsConfig) -> tuple[Path, dict]:
+    """The prepared dataset for ``data``, preparing it first if it is missing or was
     made with other data settings or an older format (so ``python src/train.py data=...``
     and sweeps over datasets just work; under DVC the prepare stage has always run already).
     A current dataset whose files do not match its manifest is an error, not re-prepared."""
-    folder = Path(config.paths.prepared_dir) / config.data.name
+    folder = Path(paths.prepared_dir) / data.name
     try:
         found = json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         log.info("%s not prepared yet; preparing it first", folder)
-        return folder, prepare(config)
+        return folder, prepare(data, paths)
     if (
         isinstance(found, dict)
         and found.get("format_version") == FORMAT_VERSION
-        and found.get("data_config") == data_identity(config)
+        and found.get("data_config") == data_identity(data)
     ):
         return folder, load_manifest(folder)
     log.info("%s was prepared with other data settings or an older format; preparing it again", folder)
-    return folder, prepare(config)
+    return folder, prepare(data, paths)

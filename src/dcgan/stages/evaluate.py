@@ -87,7 +87,7 @@ def _evaluate(config: Config, trained: TrainOutputs) -> dict:
     # evaluation leaves the previous outputs (they persist under DVC).
     with staged_outputs(reports / "figures") as figures:
         _draw_figures(generator, fake, rng, manifest, trained, figures, config.evaluate)
-        scorer = quality.scorer_for(config, prepared, manifest, len(real))
+        scorer = quality.scorer_for(config.metrics, config.paths.classifier_dir, prepared, manifest, len(real))
         if scorer is not None:
             scores.update(_quality(scorer, fake, noise, trained))
             _confidence_grids(scorer, fake, manifest, figures, config.evaluate.grid_size)

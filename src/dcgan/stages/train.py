@@ -145,17 +145,21 @@ def train(config: Config) -> dict:
     out = outputs_of(config.paths)
     check_writable(out.models_dir, out.reports_dir, out.checkpoints, out.samples)
     with locked(out.models_dir), stop_signals as stop:
-        prepared, manifest = prepared_dataset(config)
+        prepared, manifest = prepared_dataset(config.data, config.paths)
         with locked(prepared, shared=True):  # no prepare replaces the data under a training
             with tracking.store_outage_is_user_error():
                 return _train(config, out, prepared, manifest, stop)
 
 
 def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, stop: StopSignals) -> dict:
-    schedule = Schedule.of(config, manifest["splits"]["train"]["count"], prepared)
+    schedule = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared)
     # Both may take a while once (the domain classifier, a precision probe): before seeding.
     scorer = (
-        quality.scorer_for(config, prepared, manifest, config.metrics.train_samples) if config.metrics.every else None
+        quality.scorer_for(
+            config.metrics, config.paths.classifier_dir, prepared, manifest, config.metrics.train_samples
+        )
+        if config.metrics.every
+        else None
     )
     precision = resolve_precision(config.train.precision)
 
@@ -163,10 +167,10 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
     gan = build_gan(config, manifest, schedule.total_steps)
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
     state = resume.resume_or_start(
-        config, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out
+        config.train.resume, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out
     )
     grid_noise, scoring_noise = _fixed_noise(config)
-    resume.rescore_if_changed(config, state, schedule, gan, scorer, scoring_noise, checkpoints)
+    resume.rescore_if_changed(config.metrics, state, schedule, gan, scorer, scoring_noise, checkpoints)
     stop.check("stopped before training; rerun the same command")
 
     with tracking.start_run(config, state.mlflow_run_id) as run:
