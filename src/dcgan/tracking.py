@@ -28,8 +28,8 @@ from dcgan.project import project_root
 log = logging.getLogger(__name__)
 # MLflow announces creating or upgrading its tables, and starting and stopping the system
 # metrics monitor, at INFO: noise on stderr, which should hold one line when a run stops early.
-for _announcer in ("mlflow.store.db.utils", "mlflow.system_metrics.system_metrics_monitor"):
-    logging.getLogger(_announcer).setLevel(logging.WARNING)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(logging.WARNING)
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
