@@ -32,10 +32,10 @@ import tensorflow as tf
 from throughput import REPO, configure, history, tutorial_step
 
 from dcgan import quality, viz
+from dcgan.commands.train import train
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import to_uint8
-from dcgan.stages.train import train
 
 COUNT = 10000
 

@@ -4,7 +4,7 @@ published vs the product's real training path, with FLOPs and the machine's matm
 For the 28px tutorial architecture at batch 256 (and the 128px RGB model at batch 16):
   (a) reference: the tutorial's ``@tf.function`` step with two GradientTapes over
       ``from_tensor_slices(...).shuffle(...).batch(...)``, fp32 as published;
-  (b) product: ``dcgan.stages.train.train`` itself (TFRecord pipeline, the GAN class, fit,
+  (b) product: ``dcgan.commands.train.train`` itself (TFRecord pipeline, the GAN class, fit,
       every callback and MLflow logging on), in fp32 and with ``train.precision=auto``.
 Each is warmed up (one epoch, excluded), then timed over several epochs: median and
 spread of images/s, the ratio b/a, FLOPs per training image from the layer shapes,
@@ -36,6 +36,7 @@ from hydra import compose, initialize_config_dir
 
 from dcgan import models
 from dcgan.callbacks import Throughput
+from dcgan.commands.train import build_gan, train
 from dcgan.config import Config, validate
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.data.prepare import prepared_dataset
@@ -43,7 +44,6 @@ from dcgan.errors import TrainingDiverged
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.precision import cache_file, resolve_precision
 from dcgan.resume import Schedule
-from dcgan.stages.train import build_gan, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.stages.evaluate import evaluate
+from dcgan.commands.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -3,7 +3,7 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.stages.generate import generate_images
+from dcgan.commands.generate import generate_images
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -10,10 +10,10 @@ import tensorflow as tf
 from conftest import TINY, compose_config
 
 from dcgan.augment import augment
+from dcgan.commands.train import build_gan
 from dcgan.config import AUGMENTATIONS
 from dcgan.errors import UserError
 from dcgan.gan import GAN
-from dcgan.stages.train import build_gan
 
 
 def _images(shape=(8, 28, 28, 1), seed=0) -> np.ndarray:

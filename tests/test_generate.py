@@ -14,9 +14,9 @@ import pytest
 from conftest import TINY, compose_config, free_port, last_line_error, run_stage, venv_env
 from PIL import Image
 
+from dcgan.commands.generate import latent_vectors
 from dcgan.config import GenerateConfig
 from dcgan.errors import UserError
-from dcgan.stages.generate import latent_vectors
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,15 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
-def test_no_library_module_imports_a_stage_and_no_stage_imports_another():
+def test_no_library_module_imports_a_command_and_no_command_imports_another():
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = "dcgan." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-        stages = {name for name in imported_modules(path) if name.startswith("dcgan.stages.")}
-        if not module.startswith("dcgan.stages.") and stages:
-            wrong.append(f"{module} imports {sorted(stages)}")
-        if module.startswith("dcgan.stages.") and {name.split(".")[2] for name in stages} - {module.split(".")[2]}:
-            wrong.append(f"{module} imports {sorted(stages)}")
+        commands = {name for name in imported_modules(path) if name.startswith("dcgan.commands.")}
+        if not module.startswith("dcgan.commands.") and commands:
+            wrong.append(f"{module} imports {sorted(commands)}")
+        if module.startswith("dcgan.commands.") and {name.split(".")[2] for name in commands} - {module.split(".")[2]}:
+            wrong.append(f"{module} imports {sorted(commands)}")
     assert wrong == []
 
 

@@ -15,12 +15,12 @@ from conftest import TINY, compose_config, copy_of_repo, last_line_error, subpro
 
 from dcgan import models
 from dcgan.checkpoints import CheckpointDir, RunState
+from dcgan.commands.train import build_gan, make_optimizer, train
 from dcgan.data.pipeline import training_dataset
 from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
 from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import FastDropout, FusedBatchNormalization, standard_copy
-from dcgan.stages.train import build_gan, make_optimizer, train
 
 
 def tutorial_model(**changes):
@@ -279,8 +279,8 @@ def test_every_architecture_builds_and_trains_a_step(name, shape):
 
     import keras
 
+    from dcgan.commands.train import make_optimizer
     from dcgan.gan import GAN
-    from dcgan.stages.train import make_optimizer
 
     gan = GAN(generator, discriminator, model.latent_dim, seed=0, label_noise=config.train.label_noise or 0.1)
     gan.compile(
