@@ -286,7 +286,7 @@ def main() -> None:
             "training rate; "
             f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input"
         )
-        cadence = f"every {metrics_every} round(s)" if metrics_every else "never"
+        cadence = f"every {metrics_every} epoch(s)" if metrics_every else "never"
         print(
             f"    per-epoch overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores "
             f"{scoring:.1f} s; "
