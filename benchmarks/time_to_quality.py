@@ -97,9 +97,8 @@ def main() -> None:
 
     config = configure(workdir, args.overrides)
     prepared, manifest = prepared_dataset(config.data, config.paths)
-    space = quality.feature_space(
-        config.metrics, config.paths.classifier_dir, prepared, manifest
-    )  # trains and caches the classifier if missing
+    # Trains and caches the classifier if missing.
+    space = quality.feature_space(config.metrics, config.paths.classifier_dir, prepared, manifest)
     precision = resolve_precision(config.train.precision)  # measured now if not cached, off (a)'s clock
     print(f"work dir {workdir}; default run's precision: {precision.describe()}", flush=True)
 

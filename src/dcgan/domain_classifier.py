@@ -139,9 +139,14 @@ def _train(settings: ClassifierConfig, prepared: Path, manifest: dict, folder: P
 def train_classifier(config: Config) -> dict:
     """The stage: (re)train the classifier of ``config.data`` unless the cached one is current."""
     prepared, manifest = prepared_dataset(config.data, config.paths)
-    folder = Path(config.paths.classifier_dir) / config.data.name
+    folder = _folder(config.paths.classifier_dir, manifest)
     with locked(folder, wait=True):
         return _current_report(config.metrics.classifier, prepared, manifest, folder)
+
+
+def _folder(classifier_dir: str | Path, manifest: dict) -> Path:
+    """Where the classifier of the prepared dataset ``manifest`` describes is kept."""
+    return Path(classifier_dir) / manifest["dataset"]
 
 
 def _current_report(settings: ClassifierConfig, prepared: Path, manifest: dict, folder: Path) -> dict:
@@ -164,7 +169,7 @@ def classifier_for(
 ) -> tuple[keras.Model, float] | None:
     """(features-and-probabilities network, test accuracy) of the prepared data's classifier
     in ``classifier_dir``, training it first if needed; None for data without class labels."""
-    folder = Path(classifier_dir) / manifest["dataset"]
+    folder = _folder(classifier_dir, manifest)
     with locked(folder, wait=True):
         report = _current_report(settings, prepared, manifest, folder)
         if report["classifier_accuracy"] is None:
