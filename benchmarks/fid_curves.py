@@ -15,26 +15,21 @@ import argparse
 import csv
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from dcgan.viz import TRAINING_MINUTES, fid_curves_figure
 
 
 def read_curve(path: Path, by_epoch: bool) -> tuple[list[float], list[float]]:
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (expected a run's reports/train_history.csv)")
     with open(path, newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("fid")]
-    if not rows:
+        rows = list(csv.DictReader(file))
+    if not any(row.get("fid") for row in rows):
         raise SystemExit(f"{path}: no rows with an fid column")
-    if by_epoch:
-        return [float(row["epoch"]) for row in rows], [float(row["fid"]) for row in rows]
-    minutes, elapsed = [], 0.0
-    for row in rows:
+    x, elapsed = [], 0.0
+    for row in rows:  # every row's training time counts, scored or not
         elapsed += float(row["epoch_seconds"]) / 60
-        minutes.append(elapsed)
-    return minutes, [float(row["fid"]) for row in rows]
+        x.append(float(row["epoch"]) if by_epoch else elapsed)
+    return [v for v, row in zip(x, rows) if row.get("fid")], [float(row["fid"]) for row in rows if row.get("fid")]
 
 
 def main() -> None:
@@ -45,20 +40,13 @@ def main() -> None:
     parser.add_argument("--title", default="MNIST, in-training FID (domain-classifier features)")
     args = parser.parse_args()
 
-    figure, axes = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    curves = {}
     for run in args.runs:
         label, separator, path = run.partition("=")
         if not separator:
             raise SystemExit(f"{run!r}: expected label=path/to/train_history.csv")
-        axes.plot(*read_curve(Path(path), args.epochs), marker="o", label=label)
-    axes.set_yscale("log")
-    axes.set_xlabel("epoch" if args.epochs else "training minutes (epoch-end scoring excluded)")
-    axes.set_ylabel("FID, in-training sample")
-    axes.set_title(args.title, fontsize=10)
-    axes.grid(True, axis="x", alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(args.output)
+        curves[label] = read_curve(Path(path), args.epochs)
+    fid_curves_figure(args.output, args.title, curves, "epoch" if args.epochs else TRAINING_MINUTES)
     print(f"wrote {args.output}")
 
 

@@ -111,7 +111,7 @@ def tutorial_curve(
         trained += time.perf_counter() - started
         rows.append((epoch, trained, progress.score(quality.samples_of(generator, noise))["fid"]))
         print(
-            f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID (2,000 samples) {rows[-1][2]:.2f}",
+            f"tutorial loop epoch {epoch}: {trained:.0f} s of training, FID ({len(noise):,} samples) {rows[-1][2]:.2f}",
             flush=True,
         )
     return generator, rows

@@ -112,7 +112,7 @@ def launchers(jobs: int, overrides: list[str]) -> None:
         prepare(workdir, ["debug=tiny", *overrides])
         basic = train(workdir, *sweep)
         print(f"basic launcher, {jobs} jobs one after another: {basic:.1f} s", flush=True)
-        parallel = train(workdir, *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+        parallel = train(workdir, *sweep, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2")
         print(f"joblib launcher, 2 jobs at a time:            {parallel:.1f} s", flush=True)
         with loopback_ray_cluster(nodes=2, cpus_per_node=half) as address:
             on_ray = train(

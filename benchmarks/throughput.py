@@ -9,30 +9,41 @@ For the 28px tutorial architecture at batch 256 (and the 128px RGB model at batc
 Each is warmed up (one epoch, excluded), then timed over several epochs: median and
 spread of images/s, the ratio b/a, FLOPs per training image from the layer shapes,
 achieved GFLOP/s and its share of a float32/bfloat16 matmul measured in the same run.
-Also: the input pipeline alone, the share of a step spent waiting for input, and the
+A roofline bound for the step: per op of the traced train step (the ops that run; their FLOPs
+as TensorFlow's cost registry counts them, bytes = their inputs and outputs), the larger of
+FLOPs over the matmul peak of the op's dtype and bytes over the memory bandwidth (a
+STREAM-style copy measured in the same run), summed; the step's time as a multiple of it.
+Also: the step without the lazy R1 penalty and the weight EMA (which the tutorial loop does
+not have), the input pipeline alone, the share of a step spent waiting for input, and the
 per-epoch overhead of grids, metrics, MLflow and checkpoints: measured with the in-training
 scores every epoch and without them, then weighed by the setup's own cadence
 (``metrics.every``) against its own epoch length (a pass over the data, or ``train.interval`` steps).
 
     python benchmarks/throughput.py [--steps 60] [--epochs 3]
 
-The last line is machine-readable: ``speedup_vs_tutorial=... fraction_of_peak=... precision=...``
-(the achieved GFLOP/s of the ``auto`` path as a share of the faster of the two matmul
-peaks, and the precision ``auto`` chose).
+The last line is machine-readable: ``speedup_vs_tutorial=... fraction_of_peak=...
+step_vs_roofline=... precision=...`` (the achieved GFLOP/s of the ``auto`` path as a share of
+the faster of the two matmul peaks, its step alone as a multiple of the roofline bound, and
+the precision ``auto`` chose).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import logging
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from hydra import compose, initialize_config_dir
+from tensorflow.python.framework import ops as tf_ops
 
 from dcgan import models
 from dcgan.callbacks import Throughput
@@ -75,6 +86,77 @@ def matmul_peak(dtype: tf.DType, size: int = 2048, repeats: int = 10) -> float:
         matmul(a).numpy()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def memory_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
+    """GB/s of a STREAM-style copy (read one array, write another; 2 x its bytes moved) on
+    every core this process may use, each copying its slice; best of ``repeats``."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.zeros_like(source)
+    cores = len(os.sched_getaffinity(0))
+    slices = [slice(i * len(source) // cores, (i + 1) * len(source) // cores) for i in range(cores)]
+    best = float("inf")
+    with ThreadPoolExecutor(cores) as pool:  # numpy's copy lets go of the GIL
+        for _ in range(repeats):
+            started = time.perf_counter()
+            list(pool.map(lambda part: np.copyto(target[part], source[part]), slices))
+            best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best / 1e9
+
+
+# Ops that move no data of their own: views, reads of a variable's buffer, constants, control.
+NO_DATA_MOVED = {
+    "Const", "Identity", "IdentityN", "NoOp", "Placeholder", "ReadVariableOp", "VarHandleOp", "Shape", "ShapeN",
+    "Reshape", "StopGradient", "Squeeze", "ExpandDims", "If", "StatelessIf",
+}  # fmt: skip
+
+
+def _tensor_bytes(tensor: tf.Tensor) -> int:
+    if tensor.dtype in (tf.resource, tf.variant) or not tensor.shape.is_fully_defined():
+        return 0
+    return tensor.shape.num_elements() * tensor.dtype.size
+
+
+def step_roofline(gan, batch: int, image_shape: tuple, peak: dict, bandwidth: float) -> tuple[float, list]:
+    """The roofline bound (seconds) of one training step of ``gan`` at ``batch``, and per op
+    type (count, GFLOP, MB, seconds of the bound, of which compute-bound), largest first. Only the ops that run:
+    those the step's outputs and side effects (the weight updates) depend on; TensorFlow
+    prunes the rest (e.g. the discriminator's weight gradients of the generator's loss). The
+    lazy R1 branch (every ``r1_interval`` steps) is left out."""
+    graph = tf.function(gan.train_step).get_concrete_function(tf.TensorSpec([batch, *image_shape])).graph
+    live, pending = set(), [tensor.op for tensor in graph.outputs] + list(graph.control_outputs)
+    while pending:
+        op = pending.pop()
+        if op.name not in live:
+            live.add(op.name)
+            pending.extend([tensor.op for tensor in op.inputs] + list(op.control_inputs))
+    by_type = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0.0])
+    quiet = logging.getLogger("tensorflow")
+    level, quiet.level = quiet.level, logging.ERROR  # the FLOP registry's TF1 deprecation notice
+    try:
+        for op in graph.get_operations():
+            if op.name not in live or op.type in NO_DATA_MOVED:
+                continue
+            try:
+                flops = tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+            except ValueError:  # no FLOP count registered: data movement only
+                flops = 0
+            moved = sum(_tensor_bytes(t) for t in [*op.inputs, *op.outputs])
+            if op.type.startswith("Assign"):  # the variable's buffer is written too
+                moved += _tensor_bytes(op.inputs[1])
+            dtype = op.outputs[0].dtype if op.outputs else tf.float32
+            ceiling = peak["bfloat16"] if dtype == tf.bfloat16 else peak["float32"]
+            row = by_type[op.type]
+            row[0] += 1
+            row[1] += flops / 1e9
+            row[2] += moved / 1e6
+            compute, memory = flops / 1e9 / ceiling, moved / 1e9 / bandwidth
+            row[3] += max(compute, memory)
+            row[4] += compute if compute > memory else 0.0
+    finally:
+        quiet.level = level
+    table = sorted(([name, *row] for name, row in by_type.items()), key=lambda row: -row[4])
+    return sum(row[4] for row in table), table
 
 
 def forward_flops(model: keras.Model) -> int:
@@ -178,16 +260,20 @@ def history(path: Path) -> list[dict]:
     return [{k: float(v) for k, v in zip(keys, row.split(",")) if v} for row in rows]
 
 
-def compute_only(config: Config, manifest: dict, images: np.ndarray, batch: int, steps: int, precision: str) -> float:
-    """Images/s of the product's step on one batch held in memory: no input pipeline at all."""
+def compute_only(
+    config: Config, manifest: dict, images: np.ndarray, batch: int, steps: int, precision: str, peak: dict | None
+) -> tuple[float, tuple[float, list] | None]:
+    """Images/s of the product's step on one batch held in memory (no input pipeline at all),
+    and, given this machine's ``peak`` and bandwidth, the step's roofline bound (``step_roofline``)."""
     config.train.precision = precision
     gan = build_gan(config, manifest, total_steps=2 * steps)
     constant = tf.data.Dataset.from_tensors(tf.constant(images[:batch])).repeat()
     # One fit, the first epoch as warm-up: a second `fit` call ran up to 2x slower here.
     throughput = Throughput(batch)
     gan.fit(constant, epochs=2, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[throughput])
+    roofline = step_roofline(gan, batch, tuple(manifest["image_shape"]), peak, peak["bandwidth"]) if peak else None
     keras.backend.clear_session()
-    return steps * batch / throughput.step_seconds[1]
+    return steps * batch / throughput.step_seconds[1], roofline
 
 
 def pipeline_rate(prepared: Path, manifest: dict, batch: int, steps: int) -> float:
@@ -218,6 +304,8 @@ def main() -> None:
 
     peak = {"float32": matmul_peak(tf.float32), "bfloat16": matmul_peak(tf.bfloat16)}
     print(f"matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
+    peak["bandwidth"] = memory_bandwidth()
+    print(f"memory bandwidth (STREAM-style copy): {peak['bandwidth']:.1f} GB/s", flush=True)
     chosen = resolve_precision("auto")
     print(f"train.precision=auto: {chosen.describe()} (cache: {cache_file()})", flush=True)
 
@@ -268,12 +356,12 @@ def main() -> None:
             continue
         rates, scored_overhead = results["auto"]
         achieved = statistics.median(rates) * flops / 1e9
-        faster_peak = max(peak, key=peak.get)
+        faster_peak = max(("float32", "bfloat16"), key=peak.get)
         step_seconds = batch / statistics.median(rates)
         scoring = max(0.0, scored_overhead - unscored_overhead)
         overhead_seconds = unscored_overhead + (scoring / metrics_every if metrics_every else 0.0)
         per_epoch = overhead_seconds / (overhead_seconds + epoch_steps * step_seconds)
-        compute = compute_only(config, manifest, images, batch, steps, "auto")
+        compute, (bound, ops) = compute_only(config, manifest, images, batch, steps, "auto", peak)
         waiting = max(0.0, 1 - statistics.median(rates) / compute)
         pipeline = pipeline_rate(prepared, manifest, batch, steps)
         print(
@@ -286,6 +374,23 @@ def main() -> None:
             "training rate; "
             f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input"
         )
+        # What the product's step does that the tutorial's does not: the lazy R1 penalty and the weight EMA.
+        plain_config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
+        plain_config.train.r1_gamma, plain_config.train.ema_decay = 0.0, 0.0
+        plain = compute_only(plain_config, manifest, images, batch, steps, "auto", None)[0]
+        print(f"    the same step without R1 and EMA {plain:.1f} img/s: they cost {1 - compute / plain:.1%} of it")
+        compute_bound = sum(op[5] for op in ops)
+        print(
+            f"    roofline bound of a step: {bound:.3f} s (compute-bound ops {compute_bound:.3f} s, "
+            f"memory-bound ops {bound - compute_bound:.3f} s); the step alone takes {batch / compute:.3f} s = "
+            f"{batch / compute / bound:.2f}x it, with the input pipeline {step_seconds:.3f} s = "
+            f"{step_seconds / bound:.2f}x; largest shares of the bound:"
+        )
+        for name, count, gflop, megabytes, seconds, compute_bound in ops[:6]:
+            print(
+                f"      {name:<22} {count:4d} ops {gflop:8.2f} GFLOP {megabytes:8.1f} MB  {seconds:.3f} s "
+                f"({'compute' if compute_bound > seconds / 2 else 'memory'}-bound)"
+            )
         cadence = f"every {metrics_every} epoch(s)" if metrics_every else "never"
         print(
             f"    per-epoch overhead: grid, MLflow and checkpoint {unscored_overhead:.1f} s, in-training scores "
@@ -295,9 +400,10 @@ def main() -> None:
         )
         summary.setdefault("speedup", statistics.median(rates) / statistics.median(reference))
         summary.setdefault("fraction", achieved / peak[faster_peak])
+        summary.setdefault("roofline", batch / compute / bound)
     print(
         f"speedup_vs_tutorial={summary['speedup']:.2f} fraction_of_peak={summary['fraction']:.2f} "
-        f"precision={chosen.policy}"
+        f"step_vs_roofline={summary['roofline']:.2f} precision={chosen.policy}"
     )
 
 

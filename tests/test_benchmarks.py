@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import pytest
 from conftest import REPO
 
@@ -46,14 +47,26 @@ def test_throughput_benchmark_prints_its_figures(tmp_path):
     assert re.search(
         r"achieved \d+ GFLOP/s = [\d.]+ of the faster \((float32|bfloat16)\) matmul peak; auto chose ", out
     )
+    assert re.search(r"^memory bandwidth \(STREAM-style copy\): [\d.]+ GB/s$", out, re.MULTILINE)
     assert "of a step waiting for input" in out
+    assert re.search(r"the same step without R1 and EMA [\d.]+ img/s: they cost -?[\d.]+% of it", out)
+    roofline = re.search(
+        r"roofline bound of a step: ([\d.]+) s \(compute-bound ops ([\d.]+) s, memory-bound ops ([\d.]+) s\); "
+        r"the step alone takes [\d.]+ s = ([\d.]+)x it",
+        out,
+    )
+    bound, compute_bound, memory_bound, multiple = map(float, roofline.groups())
+    assert abs(bound - compute_bound - memory_bound) < 0.002 and compute_bound > memory_bound  # convolutions dominate
+    assert multiple > 0.5  # a bound the step cannot beat by much (cache-resident tensors beat DRAM bandwidth)
+    assert re.search(r"^ +Conv2DBackpropInput +7 ops +41\.43 GFLOP .*\(compute-bound\)$", out, re.MULTILINE)
     assert re.search(
         r"per-epoch overhead: grid, MLflow and checkpoint [\d.]+ s, in-training scores [\d.]+ s; with scores "
         r"every 1 epoch\(s\) as configured = [\d.]+% of a \d+-step epoch",
         out,
     )
     assert re.fullmatch(
-        r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d precision=(fp32|mixed_bfloat16)",
+        r"speedup_vs_tutorial=\d+\.\d\d fraction_of_peak=\d+\.\d\d step_vs_roofline=\d+\.\d\d "
+        r"precision=(fp32|mixed_bfloat16)",
         out.strip().splitlines()[-1],
     )
 
@@ -81,16 +94,21 @@ def test_floor_scores_real_noise_and_one_class(tmp_path):
 
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
     out = run_benchmark(
-        tmp_path, "time_to_quality.py", "--target", "1000", "--stop-at-target", "debug=tiny", "train.epochs=3"
+        tmp_path,
+        "time_to_quality.py",
+        *("--target", "1000", "--stop-at-target", "--samples", "500", "--plot", str(tmp_path / "curves.png")),
+        *("--recipe", "slope=model.leaky_slope=0.2 train.epochs=2", "debug=tiny", "train.epochs=3"),
     )
-    assert re.search(r"default epoch 1: [\d.]+ min, FID \(2,000 samples\) [\d.]+", out)
+    assert re.search(r"^default epoch 1: [\d.]+ min of training \([\d.]+ min wall\), FID [\d.]+$", out, re.MULTILINE)
     assert "default epoch 2" not in out  # stopped once the target was reached
-    assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(2,000 samples\) [\d.]+", out)
+    assert re.search(r"^slope epoch 2: [\d.]+ min of training", out, re.MULTILINE)  # a recipe runs its length
+    assert re.search(r"tutorial loop epoch 1: \d+ s of training, FID \(500 samples\) [\d.]+", out)
     assert re.fullmatch(
-        r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ "
+        r"minutes_to_target=[\d.]+ default_fid=[\d.]+ tutorial_best_fid_same_minutes=[\d.]+ samples=500 "
         r"precision=(fp32|mixed_bfloat16)",
         out.strip().splitlines()[-1],
     )
+    assert iio.imread(tmp_path / "curves.png").shape[:2] == (420, 750)
 
 
 def test_sweep_benchmark_times_the_three_launchers(tmp_path):

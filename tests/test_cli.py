@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import mlflow
 import numpy as np
 import pytest
@@ -216,6 +217,9 @@ def test_sweep_over_datasets_and_optimizers(tmp_path):
         and parent.data.tags["best_run_id"] == best.info.run_id
     )
     assert parent.data.tags["best_overrides"] == best.data.tags["overrides"]
+    # The comparison figure: the FID plot above a row of the 4 jobs' last grids (gray and RGB).
+    figure = iio.imread(client.download_artifacts(parent.info.run_id, "sweep_comparison.png", str(tmp_path)))
+    assert figure.shape[:2] == (650, 1040)
     combos = sorted((r.data.params["data.name"], r.data.params["optimizer.name"]) for r in runs)
     assert combos == [("flowers64", "adam"), ("flowers64", "rmsprop"), ("mnist32", "adam"), ("mnist32", "rmsprop")]
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -13,6 +13,8 @@ from conftest import REPO, compose_config
 from dcgan import models
 from dcgan.cli import as_group_choice
 from dcgan.config import flatten, to_dict
+from dcgan.data.prepare import _image_folder_splits
+from dcgan.domain_classifier import training_epochs
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 STAGE = re.compile(r"python src/(prepare|classifier|train|evaluate)\.py")
@@ -104,6 +106,23 @@ def test_documented_parameter_counts_are_the_built_networks(model, shape, patter
     counts = [network.count_params() for network in networks[-len(quoted) :]]  # D alone, or G and D
     for text, count in zip(quoted, counts):
         assert text == (f"{count:,}" if "," in text else f"{count / 1e6:.2f}"), (model, counts)
+
+
+@pytest.mark.real_data
+def test_documented_flower_counts_are_the_split_prepare_makes():
+    """The photo counts docs quote, and the classifier epochs they lead to, as prepare and the
+    classifier stage compute them from the mirror (the files are listed and split, not decoded)."""
+    config = compose_config(["data=flowers64"])
+    splits, described = _image_folder_splits(config.data, REPO / "data/raw")
+    train, test = splits["train"][1], splits["test"][1]
+    classifier = config.metrics.classifier
+    steps_per_epoch = -(-train // classifier.batch_size)
+    datasets, quality = ((REPO / "docs" / page).read_text() for page in ("datasets.md", "quality.md"))
+    assert f"({described['source_files']:,}, of which {train:,} train)" in datasets
+    assert f"FID ({test} test photos)" in datasets and f"against the {test} test" in quality
+    quoted = re.search(r"([\d,]+) flower photos get (\d+) epochs instead of (\d+) \((\d+) steps\)", quality).groups()
+    epochs = training_epochs(classifier, steps_per_epoch)
+    assert quoted == (f"{train:,}", str(epochs), str(classifier.epochs), str(classifier.epochs * steps_per_epoch))
 
 
 def _anchor(heading: str) -> str:

@@ -8,54 +8,77 @@ import pytest
 import yaml
 from conftest import REPO, TINY, compose_config, last_line_error, mlflow_client, run_stage, sweep_runs
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from sweeps import loopback_ray_cluster
 
 from dcgan import search
-from dcgan.cli import job_threads
+from dcgan.cli import _apply_hydra_context, job_threads
 from dcgan.config import SearchConfig, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.search import search_space
 
 
+def compose_sweep(overrides):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides, return_hydra_config=True)
+
+
 @pytest.mark.parametrize(
     "launcher, threads",
     [
-        (
-            {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
-            None,
-        ),  # one job at a time: all cores
-        ({"n_jobs": 2}, 4),
-        ({"n_jobs": 16}, 1),
-        ({"n_jobs": -1}, 1),  # joblib: as many jobs as cores
-        ({"cpus_per_task": 3}, 3),  # submitit: what each task was given
-        ({"num_cpus": 2, "address": None}, 2),  # Ray: what each task asks for
+        ([], None),  # the basic launcher, one job at a time: all cores
+        (["hydra/launcher=parallel"], 4),  # its default, 2 jobs at once
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=16"], 1),
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=-1"], 1),  # joblib: as many jobs as cores
+        (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=3"], 3),  # what each task was given
+        (["hydra/launcher=slurm_local"], 1),
+        (["hydra/launcher=ray", "hydra.launcher.num_cpus=2"], 2),  # what each task asks Ray for
     ],
 )
 def test_each_parallel_job_gets_its_share_of_the_cores(launcher, threads, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(8)))
-    assert job_threads(OmegaConf.create(launcher)) == threads
+    assert job_threads(compose_sweep(launcher).hydra) == threads
+
+
+def test_every_launcher_config_declares_its_cpu_share():
+    names = sorted(path.stem for path in (REPO / "conf/hydra/launcher").glob("*.yaml"))
+    assert {"parallel", "ray", "slurm", "slurm_local"} <= set(names)
+    for name in names:
+        assert job_threads(compose_sweep([f"hydra/launcher={name}"]).hydra) is not None, name
+
+
+def test_a_parallel_launcher_without_a_share_is_named_in_a_warning(caplog, monkeypatch):
+    sweep = compose_sweep(["hydra/launcher=joblib"])
+    sweep.hydra.mode = RunMode.MULTIRUN
+    sweep.hydra.runtime.output_dir = "multirun/0"
+    sweep.hydra.job.num = 0
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", OmegaConf.masked_copy(sweep, "hydra"))
+    config = compose_config()
+    _apply_hydra_context(config)
+    assert config.train.threads is None
+    assert "hydra/launcher=joblib declares no CPU share per job" in caplog.text
 
 
 def test_slurm_launcher_config_composes():
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
-    launcher = cfg.hydra.launcher
+    launcher = compose_sweep(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.cpus_per_task, launcher.timeout_min) == ("gpu", 8, 120)
 
 
 @pytest.mark.slow
 def test_parallel_sweep_shares_the_cores_and_the_sqlite_store(tmp_path):
-    """Four jobs at once through the joblib launcher, all logging to one SQLite store: each
+    """Four jobs at once through the parallel (joblib) launcher, all logging to one SQLite store: each
     on its share of the cores, and none of their runs, params, metrics or artifacts lost."""
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)  # once, not by four jobs queueing for its lock
     sweep = [
         *TINY,
         "data.limit=128",
-        "hydra/launcher=joblib",
+        "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=4",
         "optimizer=adam,rmsprop",
         "train.seed=1,2",
@@ -104,13 +127,12 @@ def assert_two_jobs_in_one_store(workdir):
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher_runs_each_job_in_its_own_process(tmp_path):
+def test_slurm_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
     sweep = [
         *TINY,
         "data.limit=128",
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.cpus_per_task=1",
+        "hydra/launcher=slurm_local",
         "optimizer=adam,rmsprop",
     ]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
@@ -153,6 +175,7 @@ def test_search_space_reads_hydras_sweep_grammar():
             "batch": "choice(32, 64)",
             "width": "int(interval(16, 64))",
             "blocks": "range(2, 5)",
+            "steps": "range(800, 8500, 400)",
         },
         ["debug=tiny", "optimizer=adam,rmsprop"],
     )
@@ -161,6 +184,7 @@ def test_search_space_reads_hydras_sweep_grammar():
         ["adam", "rmsprop"]
     )
     assert space["width"] == IntDistribution(16, 64) and space["blocks"] == IntDistribution(2, 4)
+    assert space["steps"] == IntDistribution(800, 8400, step=400)  # range's last value, not stop - 1
     assert fixed == ["debug=tiny"]
     with pytest.raises(UserError, match="search space key lr: 'lr=0.1' is not choice"):
         search_space({"lr": "0.1"}, [])
@@ -184,6 +208,33 @@ def test_a_trial_behind_the_median_is_pruned(tmp_path):
         report.on_epoch_end(0, {"progress/fid": fid})
         assert report.pruned == pruned == model.stop_training
         assert study.trials[-1].intermediate_values == {1: fid}
+
+
+def test_a_budgeted_trial_reports_tenths_of_its_budget_and_stops_past_it(tmp_path):
+    journal = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=search.storage(journal))
+    study.ask()
+    report = search.ReportToStudy(SearchConfig(storage=journal, study="s", trial=0, budget_minutes=1.0))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    report.set_model(model)
+    report.set_params({"epochs": 10})
+    model.stop_training = False
+    epochs = [(20.0, 90.0), (2.0, None), (2.0, 70.0), (26.0, 50.0)]  # (seconds, FID or unscored)
+    stopped = []
+    for index, (seconds, fid) in enumerate(epochs):
+        report.on_epoch_end(index, {"epoch_seconds": seconds, **({"progress/fid": fid} if fid else {})})
+        stopped.append(model.stop_training)
+    # 20 s = tenth 4; 24 s also tenth 4 (its first report stands); 50 s = tenth 9, and another 26 s would overrun.
+    assert study.trials[0].intermediate_values == {4: 90.0, 9: 50.0}
+    assert stopped == [False, False, False, True] and not report.pruned
+
+
+def test_the_per_minute_search_hands_its_budget_to_every_trial():
+    sweeper = instantiate(compose_sweep(["hparams_search=fid_per_minute"]).hydra.sweeper)
+    assert "search.budget_minutes=5.0" in sweeper.pruning and "search.warmup_epochs=3" in sweeper.pruning
+    space, fixed = search_space(sweeper.params, [])
+    assert space["train.iterations"] == IntDistribution(800, 8000, step=400) and fixed == []
+    assert compose_config(["hparams_search=fid_per_minute", *sweeper.pruning]).search.budget_minutes == 5.0  # a trial's
 
 
 @pytest.mark.slow

@@ -144,7 +144,7 @@ def test_four_jobs_writing_at_once_lose_nothing(team_server, tmp_path):
         *TINY,
         "data.limit=128",
         "train.epochs=3",
-        "hydra/launcher=joblib",
+        "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=4",
         "optimizer=adam,rmsprop",
         "train.seed=1,2",

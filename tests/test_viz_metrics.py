@@ -22,6 +22,37 @@ def test_rgb_grid_keeps_channels():
     assert viz.grid(np.zeros((4, 5, 5, 3), np.uint8), 2).shape[-1] == 3
 
 
+def test_comparison_figure_shows_every_runs_grid_below_the_curves(tmp_path):
+    colours = {"optimizer=adam": (200, 30, 30), "optimizer=rmsprop": (30, 200, 30), "lr=0.1": (30, 30, 200)}
+    grids = {label: np.full((20, 20, 3), colour, np.uint8) for label, colour in colours.items()}
+    curves = {label: ([0.5, 1.0, 1.5], [90.0, 40.0, 25.0]) for label in colours}
+    viz.comparison_figure(tmp_path / "c.png", "3 jobs", curves, grids)
+    figure = iio.imread(tmp_path / "c.png")[..., :3]
+    assert figure.shape[:2] == (650, 780)  # 3 grids in a row of 3 columns under the curves
+    below_curves = figure[360:].reshape(-1, 3)
+    for colour in colours.values():  # each grid drawn (imshow keeps solid colours exact)
+        assert (below_curves == colour).all(axis=1).sum() > 1000, colour
+
+
+def test_distinguishing_labels_drop_what_every_job_shares():
+    from dcgan.sweeps import distinguishing_labels
+
+    jobs = {"a": "debug=tiny optimizer=adam", "b": "debug=tiny optimizer=rmsprop", "c": ""}
+    assert distinguishing_labels(jobs) == {**jobs, "c": "c"}  # nothing shared by all three
+    trials = {  # a search's: floats shortened, keys to their last two parts, its bookkeeping left out
+        "a": "optimizer.generator.learning_rate=0.00035578497 train.seed=1 search.trial=0",
+        "b": "optimizer.generator.learning_rate=0.0001 train.seed=1 search.trial=1",
+    }
+    assert distinguishing_labels(trials) == {
+        "a": "generator.learning_rate=0.000356",
+        "b": "generator.learning_rate=0.0001",
+    }
+    assert distinguishing_labels({"a": "debug=tiny optimizer=adam", "b": "debug=tiny optimizer=rmsprop"}) == {
+        "a": "optimizer=adam",
+        "b": "optimizer=rmsprop",
+    }
+
+
 def test_architecture_diagrams_are_drawn_by_graphviz(tmp_path):
     import keras
 

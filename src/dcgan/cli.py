@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
 from dcgan.project import enter_root
+
+log = logging.getLogger(__name__)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -63,19 +66,24 @@ def launch(main: Callable[[], None]) -> None:
         _fail(f"error: {where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
 
 
-def job_threads(launcher: DictConfig) -> int | None:
-    """A sweep job's share of the cores: what it was given (submitit's ``cpus_per_task``, the
-    Ray launcher's ``num_cpus``), or the cores divided among the joblib launcher's
-    ``n_jobs``; None (all cores) for one job at a time."""
-    given = launcher.get("cpus_per_task") or launcher.get("num_cpus")
-    if given:
-        return int(given)
-    parallel = launcher.get("n_jobs")
-    if not parallel:
-        return None
+# What a launcher's config (conf/hydra/launcher/) declares as each job's share of the cores.
+JOB_THREADS = "DCGAN_JOB_THREADS"
+
+
+def cores_per_job(jobs_at_once: int) -> int:
+    """This machine's cores divided among ``jobs_at_once`` (joblib's -1: one job per core)."""
     cores = len(os.sched_getaffinity(0))
-    at_once = cores if parallel < 0 else min(parallel, cores)  # joblib: -1 means one job per core
-    return max(1, cores // at_once)
+    return max(1, cores // (cores if jobs_at_once < 0 else min(jobs_at_once, cores)))
+
+
+OmegaConf.register_new_resolver("cores_per_job", cores_per_job, replace=True)
+
+
+def job_threads(hydra: DictConfig) -> int | None:
+    """A sweep job's share of the cores, as its launcher's config declares it in
+    ``hydra.job.env_set.DCGAN_JOB_THREADS``; None (all cores) where it declares none."""
+    declared = hydra.job.env_set.get(JOB_THREADS)
+    return None if declared is None else int(declared)
 
 
 def _apply_hydra_context(config: Config) -> None:
@@ -90,7 +98,15 @@ def _apply_hydra_context(config: Config) -> None:
         config.tracking.tags.setdefault(OVERRIDES_TAG, " ".join(overrides))
     if hydra.mode == RunMode.MULTIRUN:
         if config.train.threads is None:
-            config.train.threads = job_threads(hydra.launcher)
+            config.train.threads = job_threads(hydra)
+            launcher = hydra.runtime.choices.get("hydra/launcher")
+            if config.train.threads is None and launcher != "basic":
+                log.warning(
+                    "hydra/launcher=%s declares no CPU share per job (%s in hydra.job.env_set): each job uses "
+                    "all cores; set train.threads, or use a launcher of conf/hydra/launcher/",
+                    launcher,
+                    JOB_THREADS,
+                )
         job_dir = Path(hydra.runtime.output_dir)
         config.paths.models_dir = str(job_dir / "models")
         config.paths.reports_dir = str(job_dir / "reports")

@@ -373,9 +373,12 @@ class SearchConfig:
     study: Optional[str] = None
     trial: Optional[int] = None  # the trial's number in the study
     # The median pruner's settings (the study does not store them): trials that run to the
-    # end before any is pruned, epochs a trial runs before it can be.
+    # end before any is pruned, epochs (with a budget: tenths of it) a trial runs before it can be.
     startup_trials: int = 2
     warmup_epochs: int = 1
+    # Minutes of training a trial may take (summed epoch_seconds): it stops where another epoch
+    # would overrun them, and its score is the best FID it reached; null: its configured epochs.
+    budget_minutes: Optional[float] = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ trials of one batch may run in parallel through any launcher.
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,9 @@ def distribution(key: str, override: Override) -> BaseDistribution:
     sweep = override.value()
     if isinstance(sweep, ChoiceSweep):
         return CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(sweep, RangeSweep):
-        return IntDistribution(int(sweep.start), int(sweep.stop) - 1, step=int(sweep.step))
+    if isinstance(sweep, RangeSweep):  # Python's range: its last value is the highest below stop on the step
+        start, stop, step = int(sweep.start), int(sweep.stop), int(sweep.step)
+        return IntDistribution(start, start + (stop - 1 - start) // step * step, step=step)
     if isinstance(sweep, IntervalSweep):
         log_scale = "log" in sweep.tags
         if isinstance(sweep.start, int) and isinstance(sweep.end, int):
@@ -75,21 +77,41 @@ def pruner(settings: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs)
 
 
+BUDGET_STEPS = 10  # with a time budget, trials report at tenths of it, so the pruner compares like with like
+
+
 class ReportToStudy(keras.callbacks.Callback):
     """In a trial's training: report each epoch's in-training FID to the study and stop
-    early when its pruner says the trial is behind (``pruned`` then says so)."""
+    early when its pruner says the trial is behind (``pruned`` then says so). With a
+    budget (``settings.budget_minutes`` of training), the report's step is the tenth of the
+    budget reached, and the trial stops where another epoch as long as the last one would
+    overrun the budget."""
 
     def __init__(self, settings: SearchConfig):
         super().__init__()
         study = optuna.load_study(study_name=settings.study, storage=storage(settings.storage), pruner=pruner(settings))
         self.trial = optuna.Trial(study, study.trials[settings.trial]._trial_id)  # trials are listed by number
+        self.budget_seconds = settings.budget_minutes * 60 if settings.budget_minutes is not None else None
+        self.trained_seconds = 0.0
+        self.reported: set[int] = set()
         self.pruned = False
 
     def on_epoch_end(self, epoch_index, logs=None):
-        fid = (logs or {}).get("progress/fid")
-        if fid is None:
-            return
-        self.trial.report(float(fid), epoch_index + 1)
+        logs = logs or {}
+        self.trained_seconds += logs.get("epoch_seconds", 0.0)
+        fid = logs.get("progress/fid")
+        step = epoch_index + 1
+        if self.budget_seconds is not None:
+            step = min(BUDGET_STEPS, math.ceil(BUDGET_STEPS * self.trained_seconds / self.budget_seconds))
+            last = epoch_index + 1 >= (self.params or {}).get("epochs", math.inf)  # the schedule ends anyway
+            if not last and self.trained_seconds + logs.get("epoch_seconds", 0.0) > self.budget_seconds:
+                log.info("trial %d: stopped after epoch %d, the next would overrun its %.1f min of training",
+                         self.trial.number, epoch_index + 1, self.budget_seconds / 60)  # fmt: skip
+                self.model.stop_training = True
+        if fid is None or step in self.reported:
+            return  # a second epoch within one tenth of the budget: its first report stands
+        self.trial.report(float(fid), step)
+        self.reported.add(step)
         if self.trial.should_prune():
             log.info("trial %d pruned after epoch %d (FID %.2f)", self.trial.number, epoch_index + 1, fid)
             self.pruned = True

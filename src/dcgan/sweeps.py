@@ -3,8 +3,9 @@
 Registered as a Hydra callback in ``conf/config.yaml``. The parent run is created when the
 sweep starts (its overrides as params) and its id handed to the jobs through the
 environment, which parallel launchers' worker processes inherit; when the sweep ends it
-gets the best job's ``best_fid`` and overrides, and FAILED if any job did not finish or
-the sweep stopped early (a failed job, Ctrl-C).
+gets the best job's ``best_fid`` and overrides, a figure comparing the jobs
+(``sweep_comparison.png``), and FAILED if any job did not finish or the sweep stopped early
+(a failed job, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import tempfile
+import textwrap
+from pathlib import Path
 
+import imageio.v3 as iio
 import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from dcgan import tracking
+from dcgan import tracking, viz
+from dcgan.callbacks import PROGRESS
 from dcgan.config import OVERRIDES_TAG, validate
 from dcgan.errors import UserError
 
@@ -71,5 +77,63 @@ class MLflowSweepRun(Callback):
             client.set_tag(run_id, "best_run_id", best.info.run_id)
             client.set_tag(run_id, "best_overrides", best.data.tags.get(OVERRIDES_TAG, ""))
         client.set_tag(run_id, "jobs", str(len(jobs)))
+        try:
+            _log_comparison(client, run_id, scored)
+        except (MlflowException, OSError) as exc:
+            log.warning("MLflow parent run %s: no comparison figure: %s", run_id, exc)
         finished = not stopped_early and jobs and all(job.info.status == "FINISHED" for job in jobs)
         client.set_terminated(run_id, "FINISHED" if finished else "FAILED")
+
+
+COMPARED_GRIDS = 12  # the best jobs' sample grids in the comparison figure (a search has many)
+
+
+def distinguishing_labels(overrides: dict[str, str]) -> dict[str, str]:
+    """Each job's overrides without those every job shares (``debug=tiny``) and a search's
+    bookkeeping (``search.*``): what tells it apart, as its label, keys to their last two
+    parts and sampled floats to 3 digits; a job with none of its own keeps its id."""
+    tokens = {key: [t for t in text.split() if not t.startswith("search.")] for key, text in overrides.items()}
+    shared = set.intersection(*map(set, tokens.values())) if len(tokens) > 1 else set()
+    return {key: " ".join(_short(t) for t in words if t not in shared) or key for key, words in tokens.items()}
+
+
+def _short(override: str) -> str:
+    key, separator, value = override.partition("=")
+    if not separator:
+        return override
+    key = ".".join(key.split(".")[-2:])
+    try:
+        return f"{key}={float(value):.3g}" if "." in value and len(value) > 6 else f"{key}={value}"
+    except ValueError:
+        return f"{key}={value}"
+
+
+LEGEND_LABEL = 40  # longer labels (a search's) name the job in the legend and stand in full under its grid
+
+
+def _log_comparison(client: mlflow.MlflowClient, run_id: str, jobs: list) -> None:
+    """The jobs' in-training FID against training minutes and their last sample grids (the
+    best ``COMPARED_GRIDS``), as one figure on the parent run."""
+    if not jobs:
+        return
+    jobs = sorted(jobs, key=lambda job: job.data.metrics["best_fid"])
+    labels = distinguishing_labels({job.info.run_id: job.data.tags.get(OVERRIDES_TAG, "") for job in jobs})
+    curves, grids = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for job in jobs:
+            label = labels[job.info.run_id]
+            name = f"job {job.data.tags.get('sweep_job', job.info.run_id[:8])}"
+            seconds = {m.step: m.value for m in client.get_metric_history(job.info.run_id, "epoch_seconds")}
+            fids = sorted((m.step, m.value) for m in client.get_metric_history(job.info.run_id, PROGRESS + "fid"))
+            minutes = [sum(s for step, s in seconds.items() if step <= epoch) / 60 for epoch, _ in fids]
+            curves[label if len(label) <= LEGEND_LABEL else name] = (minutes, [fid for _, fid in fids])
+            samples = sorted(a.path for a in client.list_artifacts(job.info.run_id, "samples") if not a.is_dir)
+            if samples and len(grids) < COMPARED_GRIDS:
+                grid = client.download_artifacts(job.info.run_id, samples[-1], folder)
+                title = label if len(label) <= LEGEND_LABEL else f"{name}: {label}"
+                wrapped = textwrap.fill(title, 34, break_long_words=False)
+                grids[f"{wrapped}\n({Path(samples[-1]).stem})"] = iio.imread(grid)
+        figure = Path(folder) / "sweep_comparison.png"
+        shown = f"; the best {COMPARED_GRIDS} jobs' samples" if len(jobs) > COMPARED_GRIDS else ""
+        viz.comparison_figure(figure, f"{len(jobs)} jobs by best FID{shown}", curves, grids)
+        client.log_artifact(run_id, str(figure))

@@ -46,6 +46,63 @@ def save_gif(path: Path, frames: list[np.ndarray], fps: float) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
+Curve = tuple[list[float], list[float]]  # x values (training minutes or epochs) and FIDs
+
+
+def plot_fid_curves(axes, curves: dict[str, Curve], xlabel: str) -> None:
+    """Runs' in-training FID against ``xlabel`` on one log-scaled axes, a line per run."""
+    for label, (x, fid) in curves.items():
+        axes.plot(x, fid, marker="o", label=label)
+    axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("FID, in-training sample")
+    axes.grid(True, axis="x", alpha=0.3)
+    axes.legend(fontsize=8)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+TRAINING_MINUTES = "training minutes (epoch-end scoring excluded)"
+
+
+def fid_curves_figure(path: Path, title: str, curves: dict[str, Curve], xlabel: str = TRAINING_MINUTES) -> None:
+    """Runs' FID curves in one PNG (the FID-per-minute figures in docs/)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    plot_fid_curves(axes, curves, xlabel)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+    plt.close(figure)
+
+
+def comparison_figure(path: Path, title: str, curves: dict[str, Curve], grids: dict[str, np.ndarray]) -> None:
+    """One PNG comparing runs (MLflow shows one run's images at a time): their FID against
+    training minutes above, each run's last sample grid below, titled with its label."""
+    plt = _pyplot()
+    columns = min(len(grids), 4) or 1
+    rows = -(-len(grids) // columns)
+    figure = plt.figure(figsize=(2.6 * max(columns, 3), 3.6 + 2.9 * rows), dpi=100)
+    layout = figure.add_gridspec(1 + rows, columns, height_ratios=[3.6] + [2.9] * rows)
+    plot_fid_curves(figure.add_subplot(layout[0, :]), curves, TRAINING_MINUTES)
+    for index, (label, image) in enumerate(grids.items()):
+        axes = figure.add_subplot(layout[1 + index // columns, index % columns])
+        axes.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        axes.set_title(label, fontsize=8, wrap=True)
+        axes.axis("off")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
+    plt.close(figure)
+
+
 def architecture_diagram(model, path: Path) -> bool:
     """Draw ``model`` with Keras' ``plot_model``; False when Graphviz is not installed."""
     import keras

@@ -7,7 +7,7 @@ this one imports Optuna and the project only when a search runs."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
@@ -25,7 +25,8 @@ class FidSearchConf:
     n_jobs: int = 1  # trials asked for at a time, run side by side by a parallel launcher
     seed: int = 0  # the sampler's (TPE)
     startup_trials: int = 2  # trials that run to the end before any is pruned (Optuna's median pruner)
-    warmup_epochs: int = 1  # epochs a trial runs before it can be pruned
+    warmup_epochs: int = 1  # epochs (with a budget: tenths of it) a trial runs before it can be pruned
+    budget_minutes: Optional[float] = None  # minutes of training per trial: FID at a fixed budget
     params: dict[str, str] = field(default_factory=dict)  # key: search-space expression
     best_params: str = "reports/best_params.yaml"
 
@@ -43,6 +44,7 @@ class FidSearchSweeper(Sweeper):
         seed: int,
         startup_trials: int,
         warmup_epochs: int,
+        budget_minutes: Optional[float],
         params: Any,
         best_params: str,
     ):
@@ -52,6 +54,8 @@ class FidSearchSweeper(Sweeper):
         self.n_jobs = n_jobs
         self.seed = seed
         self.pruning = [f"search.startup_trials={startup_trials}", f"search.warmup_epochs={warmup_epochs}"]
+        if budget_minutes is not None:
+            self.pruning.append(f"search.budget_minutes={budget_minutes}")
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
         self.best_params = Path(best_params)
 

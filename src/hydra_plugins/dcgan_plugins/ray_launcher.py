@@ -32,12 +32,13 @@ log = logging.getLogger(__name__)
 class RayLauncherConf:
     _target_: str = "hydra_plugins.dcgan_plugins.ray_launcher.RayLauncher"
     address: Optional[str] = None  # the cluster's head, "HOST:6379"; null: a Ray on this machine for the sweep
-    num_cpus: int = 1  # CPUs a job asks Ray for; also its train.threads, unless that is set
+    num_cpus: int = 1  # CPUs a job asks Ray for (conf/hydra/launcher/ray.yaml: also its train.threads)
     num_gpus: float = 0
     env_prefixes: list[str] = field(default_factory=lambda: ["DCGAN_", "MLFLOW_", "KERAS_HOME", "TF_"])
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="ray", node=RayLauncherConf, provider="dcgan")
+# The schema conf/hydra/launcher/ray.yaml extends (with the job's CPU share), so not a launcher choice itself.
+ConfigStore.instance().store(group="dcgan_launchers", name="ray", node=RayLauncherConf, provider="dcgan")
 
 
 def _run_job(
