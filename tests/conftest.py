@@ -232,6 +232,8 @@ def _run_in_this_process(command: list[str], cwd: Path) -> subprocess.CompletedP
     saved_cwd, saved_argv, saved_env = os.getcwd(), sys.argv[:], dict(os.environ)
     saved_handlers, saved_level = logging.root.handlers[:], logging.root.level
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # Descriptor 2 stays pytest's: the console filter is a process's (test_native_log).
+    os.environ["DCGAN_TF_LOGS"] = "1"
     out, err = io.StringIO(), io.StringIO()
     # Handlers writing to the console write to the captured output meanwhile: Hydra's logging
     # set-up closes every handler there is (logging._handlerList, attached or not), and absl's

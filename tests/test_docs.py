@@ -3,12 +3,15 @@ mistyped option or an out-of-range value in a documented command fails here."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
 import pytest
 import yaml
 from conftest import REPO, compose_config
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 
 from dcgan import models
 from dcgan.cli import as_group_choice
@@ -24,7 +27,8 @@ NOT_OVERRIDES = {"-m", "--multirun", "--config-dir=.", "--config-name=params", "
 
 def _snippets(text: str) -> list[str]:
     """Shell lines of fenced code blocks and inline code spans."""
-    fenced = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S) for line in block.splitlines()]
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    fenced = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]  # continued lines joined
     inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     return fenced + inline
 
@@ -52,9 +56,14 @@ def documented_commands() -> list[tuple[str, list[str]]]:
 
 
 def _first_choice(override: str) -> str:
-    """A sweep's ``key=a,b`` as its first value (the others compose the same way)."""
-    key, _, value = override.partition("=")
-    return f"{key}={value.split(',')[0]}" if "," in value and not value.startswith("[") else override
+    """A sweep (``key=a,b``, ``range(...)``, ``interval(...)``) as its first value: the others
+    compose the same way."""
+    parsed = OverridesParser.create().parse_override(override)
+    if not parsed.is_sweep_override():
+        return override
+    sweep = parsed.value()
+    first = sweep.start if isinstance(sweep, IntervalSweep) else next(iter(parsed.sweep_iterator()))
+    return f"{parsed.get_key_element()}={first}"
 
 
 COMMANDS = documented_commands()
@@ -123,6 +132,25 @@ def test_documented_flower_counts_are_the_split_prepare_makes():
     quoted = re.search(r"([\d,]+) flower photos get (\d+) epochs instead of (\d+) \((\d+) steps\)", quality).groups()
     epochs = training_epochs(classifier, steps_per_epoch)
     assert quoted == (f"{train:,}", str(epochs), str(classifier.epochs), str(classifier.epochs * steps_per_epoch))
+
+
+def test_result_rows_quote_their_metrics_files():
+    """Each row of docs/results.md links the evaluate stage's reports/metrics.json of its run
+    (kept in docs/results/) and quotes its FID, recall and smallest class from it, or says
+    its file was not kept (rows measured before the files were)."""
+    rows = [line for line in (REPO / "docs/results.md").read_text().splitlines() if line.startswith("| ")][2:]
+    linked = 0
+    for row in rows:
+        cells = [cell.strip().strip("*") for cell in row.strip("|").split("|")]
+        kept = re.fullmatch(r"\[metrics\]\((results/[\w.-]+\.json)\)", cells[-1])
+        if not kept:
+            assert cells[-1] in ("not kept", "-"), row
+            continue
+        metrics = json.loads((REPO / "docs" / kept.group(1)).read_text())
+        assert f"{metrics['fid']:.2f}" in cells and f"{metrics['recall']:.2f}" in cells, row
+        assert f"{100 * metrics['smallest_class_share']:.1f} %" in cells, row
+        linked += 1
+    assert linked, "no row links its metrics file"
 
 
 def _anchor(heading: str) -> str:

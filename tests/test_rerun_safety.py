@@ -118,6 +118,9 @@ def test_a_moved_or_copied_project_keeps_its_artifacts_inside_it(finished, workd
     workdir.rename(moved)
     # Its own process, as a user's, and nothing else writes into `finished` (asserted below).
     result = run_stage("train", *TINY, "train.epochs=3", cwd=moved, own_process=True)
+    # A quiet console: none of TensorFlow's harmless C++ lines, no library warning, no ANSI codes.
+    assert "E0000" not in result.stderr and "Warning" not in result.stderr, result.stderr[-3000:]
+    assert "\x1b[" not in result.stdout and "Epoch 3/3" in result.stdout
     assert (
         f"artifact locations under {(finished / 'mlartifacts').as_uri()} "
         f"now point to {(moved / 'mlartifacts').as_uri()}" in result.stdout

@@ -237,6 +237,26 @@ def test_the_per_minute_search_hands_its_budget_to_every_trial():
     assert compose_config(["hparams_search=fid_per_minute", *sweeper.pruning]).search.budget_minutes == 5.0  # a trial's
 
 
+def test_a_search_starts_from_the_config_and_the_command_line_fixes_keys():
+    """A new study's first trial is the composed config's values (those inside the space);
+    a fixed value on the command line takes its key out of the space."""
+    sweeper = instantiate(compose_sweep(["hparams_search=fid_per_minute"]).hydra.sweeper)
+    space, fixed = search_space(sweeper.params, ["train.batch_size=64", "model.leaky_slope=0.1"])
+    assert "train.batch_size" not in space and "model.leaky_slope" not in space
+    assert fixed == ["train.batch_size=64", "model.leaky_slope=0.1"]
+    config = compose_sweep(["hparams_search=fid_per_minute", "train.r1_gamma=5.0", *fixed])
+    first = search.values_within(space, config)
+    # train.iterations is unset (null) and r1_gamma 5.0 lies outside the space: both sampled.
+    assert first == {
+        "train.lr_decay": 0.5,
+        "optimizer.generator.learning_rate": 4e-4,
+        "optimizer.discriminator.learning_rate": 2e-4,
+        "optimizer.generator.beta_1": 0.5,
+        "optimizer.discriminator.beta_1": 0.5,
+        "train.ema_decay": 0.999,
+    }
+
+
 @pytest.mark.slow
 def test_fid_search_records_failures_and_resumes(tmp_path):
     """A short Optuna search: every trial reports its FID per epoch; stopped and started
@@ -266,6 +286,10 @@ def test_fid_search_records_failures_and_resumes(tmp_path):
     study = optuna.load_study(study_name="lr_search", storage=search.storage(str(journal)))
     assert [t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials] == [True] * 3
     assert study.trials[0].state == TrialState.COMPLETE and len(study.trials[0].intermediate_values) == 3
+    # The first trial is the recipe the search starts from: the composed config's learning rate.
+    assert study.trials[0].params == {
+        "optimizer.generator.learning_rate": compose_config(TINY).optimizer.generator.learning_rate
+    }
     assert all(len(t.intermediate_values) < 3 for t in study.trials if t.state == TrialState.PRUNED)
     saved = yaml.safe_load(best.read_text())
     assert saved["best_fid"] == study.best_value and saved["commands"]["train"] in first.stdout

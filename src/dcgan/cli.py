@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
+from dcgan.native_log import drop_harmless_lines
 from dcgan.project import enter_root
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ def as_group_choice(override: str) -> str:
 
 def launch(main: Callable[[], None]) -> None:
     """Call a ``@hydra.main`` entry point, reporting Hydra's own errors (an unknown config
-    option, a bad override) as one line like every other user error."""
+    option, a bad override) as one line like every other user error, with TensorFlow's
+    harmless C++ log lines dropped from the console."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report
+    drop_harmless_lines()
     sys.argv[1:] = map(as_group_choice, sys.argv[1:])
     try:
         enter_root(sys.argv[0])

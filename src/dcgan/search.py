@@ -21,6 +21,7 @@ import optuna
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -57,18 +58,41 @@ def distribution(key: str, override: Override) -> BaseDistribution:
 
 def search_space(params: dict[str, Any], arguments: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
     """The distributions of ``params`` and of the sweeps among the command line's
-    ``arguments`` (``a=x,y`` is a choice), and the arguments that are fixed values."""
+    ``arguments`` (``a=x,y`` is a choice), and the arguments that are fixed values: a fixed
+    value on the command line takes its key out of the space."""
     parser = OverridesParser.create()
     space: dict[str, BaseDistribution] = {}
     for key, value in params.items():
         space[key] = distribution(key, parser.parse_override(f"{key}={value}"))
     fixed = []
     for override in parser.parse_overrides(arguments):
+        key = override.get_key_element()
         if override.is_sweep_override():
-            space[override.get_key_element()] = distribution(override.get_key_element(), override)
+            space[key] = distribution(key, override)
         else:
+            space.pop(key, None)
             fixed.append(override.input_line)
     return space, fixed
+
+
+def values_within(space: dict[str, BaseDistribution], config: Any) -> dict[str, Any]:
+    """The values ``config`` (a composed config) sets for the keys of ``space``, those the
+    space can take: a study's first trial, so that the search starts from the recipe it is
+    asked to beat."""
+    values = {}
+    for key, dist in space.items():
+        value = OmegaConf.select(config, key, default=None)
+        if isinstance(dist, CategoricalDistribution):
+            within = value in dist.choices
+        else:
+            within = (
+                isinstance(value, (int, float))
+                and dist.low <= value <= dist.high
+                and (dist.step is None or (value - dist.low) % dist.step == 0)
+            )
+        if within:
+            values[key] = value
+    return values
 
 
 def pruner(settings: SearchConfig) -> optuna.pruners.BasePruner:

@@ -20,6 +20,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import mlflow
 from hydra.experimental.callback import Callback
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
@@ -117,6 +118,7 @@ def _log_comparison(client: mlflow.MlflowClient, run_id: str, jobs: list) -> Non
     if not jobs:
         return
     jobs = sorted(jobs, key=lambda job: job.data.metrics["best_fid"])
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # a bar per small grid, at the end of the sweep's output
     labels = distinguishing_labels({job.info.run_id: job.data.tags.get(OVERRIDES_TAG, "") for job in jobs})
     curves, grids = {}, {}
     with tempfile.TemporaryDirectory() as folder:

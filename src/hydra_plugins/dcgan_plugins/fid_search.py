@@ -27,6 +27,9 @@ class FidSearchConf:
     startup_trials: int = 2  # trials that run to the end before any is pruned (Optuna's median pruner)
     warmup_epochs: int = 1  # epochs (with a budget: tenths of it) a trial runs before it can be pruned
     budget_minutes: Optional[float] = None  # minutes of training per trial: FID at a fixed budget
+    # A new study's first trial is the composed config's own values of the searched keys (those
+    # inside the space; the rest sampled): the search starts from the recipe it is to beat.
+    config_first: bool = True
     params: dict[str, str] = field(default_factory=dict)  # key: search-space expression
     best_params: str = "reports/best_params.yaml"
 
@@ -45,6 +48,7 @@ class FidSearchSweeper(Sweeper):
         startup_trials: int,
         warmup_epochs: int,
         budget_minutes: Optional[float],
+        config_first: bool,
         params: Any,
         best_params: str,
     ):
@@ -56,6 +60,7 @@ class FidSearchSweeper(Sweeper):
         self.pruning = [f"search.startup_trials={startup_trials}", f"search.warmup_epochs={warmup_epochs}"]
         if budget_minutes is not None:
             self.pruning.append(f"search.budget_minutes={budget_minutes}")
+        self.config_first = config_first
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
         self.best_params = Path(best_params)
 
@@ -80,6 +85,8 @@ class FidSearchSweeper(Sweeper):
             sampler=optuna.samplers.TPESampler(seed=self.seed),
         )  # pruning is decided in the trials (dcgan.search.ReportToStudy), with self.pruning
         search.end_abandoned_trials(study)
+        if self.config_first and not study.trials:
+            study.enqueue_trial(search.values_within(space, self.config))
         returns, job_index = [], 0
         while (done := len(study.get_trials(deepcopy=False, states=search.FINISHED))) < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]

@@ -1,0 +1,117 @@
+"""TensorFlow's C++ log lines a user cannot act on, kept off the console
+(``DCGAN_TF_LOGS=1`` shows them all).
+
+TensorFlow writes them from C++ straight to the process's file descriptor 2, past Python's
+logging and warnings, so they can only be dropped there: its start-up chatter (oneDNN
+notices, absl's "before InitializeLog" warning) by importing it with descriptor 2 pointed
+away, the known harmless lines of a training by ``drop_harmless_lines``. Which lines and
+why: docs/outputs.md."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import re
+import sys
+import termios
+import threading
+import time
+
+HARMLESS = re.compile(
+    rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|E0000 [^\n]*node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool "
+    rb"|E0000 [^\n]*meta_optimizer\.cc:\d+\] remapper failed: [^\n]*LeakyReluGrad"
+)
+# A line is held back until its end only while it may still become one of the above.
+PREFIXES = (b"WARNING: All log messages before absl", b"E0000 ")
+
+
+def _show_all() -> bool:
+    return os.environ.get("DCGAN_TF_LOGS", "0") != "0"
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up chatter silenced (it comes ahead of any log level
+    setting), so that a one-line error stays one line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _show_all():
+        return
+    console, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(console, 2)
+        os.close(console)
+        os.close(devnull)
+
+
+_filtering = threading.Event()  # once per process
+
+
+def drop_harmless_lines() -> None:
+    """From now on, lines of this process's (and its children's) descriptor 2 that match
+    ``HARMLESS`` are dropped. Does nothing where descriptor 2 is not open."""
+    if _show_all() or _filtering.is_set():
+        return
+    _filtering.set()
+    try:
+        console = os.dup(2)
+    except OSError:
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    pump = threading.Thread(target=_forward, args=(read_end, console), name="native-log-filter", daemon=True)
+    pump.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        # Child processes (a sweep's workers) may still hold the pipe open, so wait until what
+        # is in it has been read, not for its end.
+        deadline = time.monotonic() + 5
+        while _unread(read_end) and pump.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.01)  # the reader's last write
+
+    atexit.register(restore)
+
+
+def _unread(fd: int) -> int:
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
+
+def _forward(read_end: int, console: int) -> None:
+    pending = b""
+    while chunk := os.read(read_end, 65536):
+        try:
+            pending = _pass_on(pending + chunk, console)
+        except OSError:  # the console is gone: keep draining, so that writers never block
+            pending = b""
+    if pending:
+        _write(console, pending)
+
+
+def _pass_on(data: bytes, console: int) -> bytes:
+    """Write out ``data`` but for harmless lines; return the unfinished line that may still
+    turn out harmless (held back), or nothing."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start : end + 1]
+        if end < 0:
+            if any(prefix.startswith(line) or line.startswith(prefix) for prefix in PREFIXES):
+                return line
+            _write(console, line)
+            return b""
+        if not HARMLESS.match(line):
+            _write(console, line)
+        start = end + 1
+    return b""
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]

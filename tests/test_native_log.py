@@ -1,0 +1,35 @@
+"""The console filter for TensorFlow's C++ log lines (dcgan.native_log), on a real process's
+file descriptor 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+WRITER = """
+import os, sys, time
+from dcgan.native_log import drop_harmless_lines
+drop_harmless_lines()
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+os.write(2, b"E0000 00:00:17.1 15677 node_def_util.cc:682] NodeDef mentions attribute use_unbounded_threadpool "
+            b"which is not in the op definition: Op<name=MapDataset>\\nE0000 00:00:17.2 15677 meta_optimizer.cc:967] ")
+time.sleep(0.05)  # a line split across two writes
+os.write(2, b"remapper failed: INVALID_ARGUMENT: fanout 'LeakyRelu/LeakyReluGrad' exist for missing node\\n")
+os.write(2, b"E0000 00:00:17.3 15677 cuda_dnn.cc:1] a real error\\n")
+os.write(2, b"\\rwriting train:  50%")
+sys.stderr.write("\\rwriting train: 100%\\n")
+sys.stderr.write("Traceback: from Python\\n")
+"""
+
+
+def test_harmless_native_lines_are_dropped_and_the_rest_passes_unchanged():
+    result = subprocess.run(
+        [sys.executable, "-c", WRITER], capture_output=True, cwd=REPO, env={"PYTHONPATH": str(REPO / "src")}
+    )
+    assert result.returncode == 0
+    assert result.stderr.decode() == (
+        "E0000 00:00:17.3 15677 cuda_dnn.cc:1] a real error\n"
+        "\rwriting train:  50%\rwriting train: 100%\nTraceback: from Python\n"
+    )
