@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 
 from dcgan import viz
-from dcgan.checkpoints import CheckpointDir, RunState
+from dcgan.checkpoints import CheckpointDir, RunState, assign_locally
 from dcgan.data.tfrecords import to_uint8
 from dcgan.errors import TrainingDiverged
 from dcgan.quality import QUALITY_KEYS, Scorer, samples_of
@@ -155,8 +155,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.epoch_start = self.state.step
         self.epoch_end = (epoch_index + 1) * self.steps_per_epoch
         if self.resumed_metrics is not None:
-            for variable, value in zip(self.model.metrics_variables, self.resumed_metrics):
-                variable.assign(value)
+            assign_locally(self.model.metrics_variables, self.resumed_metrics)
             self.resumed_metrics = None
 
     def on_train_batch_end(self, batch, logs=None):

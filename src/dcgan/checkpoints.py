@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from dcgan.errors import UserError
 from dcgan.files import atomic_write, atomic_write_text, save_model
@@ -96,7 +98,7 @@ class CheckpointDir:
     def save(self, variables: list, state: RunState) -> None:
         name = f"ckpt-{state.step:09d}.npz"
         state.checkpoint = name
-        arrays = {f"v{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+        arrays = {f"v{i:04d}": value for i, value in enumerate(local_values(variables))}
         arrays["state"] = np.array(state.to_json())
         atomic_write(self.folder / name, lambda handle: np.savez(handle, **arrays))
         self.save_state(state)
@@ -148,10 +150,41 @@ class CheckpointDir:
                         f"{path}: variable {variable.path} has shape {array.shape} in the checkpoint "
                         f"but {tuple(variable.shape)} in the model; {START_OVER}"
                     )
-                variable.assign(array)
+            assign_locally(variables, arrays)
             return state
         raise UserError(f"{damage} and no older intact checkpoint is kept; {START_OVER}")
 
     def clear(self) -> None:
         for path in [*self.folder.glob("ckpt-*.npz"), self.folder / STATE, *self.folder.glob("generator_best*.keras")]:
             path.unlink(missing_ok=True)
+
+
+def local_values(variables: list) -> list[np.ndarray]:
+    """The variables' values, read without communication: a loss tracker's total summed
+    over this process's replicas, as a read under one process's strategy gives; under
+    multi_worker this worker's share (a global read needs every worker to join, and only
+    the chief checkpoints)."""
+    return [_local_value(variable) for variable in variables]
+
+
+def assign_locally(variables: list, values: list) -> None:
+    """Set the variables without communication, the counterpart of ``local_values``: a loss
+    tracker's total is spread evenly over the replicas (its global read sums them back)."""
+    for variable, value in zip(variables, values):
+        if _synced_on_read(variable):
+            # Keras' assign reads the value back, which for such a variable is a global read.
+            variable.value.assign(tf.cast(value, variable.dtype), read_value=False)
+        else:
+            variable.assign(value)
+
+
+def _synced_on_read(variable: keras.Variable) -> bool:
+    return variable.synchronization == "on_read" and isinstance(variable.value, tf.distribute.DistributedValues)
+
+
+def _local_value(variable: keras.Variable) -> np.ndarray:
+    if not _synced_on_read(variable):
+        return variable.numpy()
+    value = variable.value
+    copies = [copy.numpy() for copy in value.distribute_strategy.experimental_local_results(value)]
+    return np.sum(copies, axis=0, dtype=copies[0].dtype) if variable.aggregation == "sum" else copies[0]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -17,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
-from dcgan.native_log import drop_harmless_lines
+from dcgan.multi_worker import worker_without_outputs
+from dcgan.native_log import drop_harmless_lines, end_of_output
 from dcgan.project import enter_root
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     print(message, file=sys.stderr, flush=True)
+    end_of_output()
     sys.exit(code)
 
 
@@ -54,6 +59,8 @@ def launch(main: Callable[[], None]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report
     drop_harmless_lines()
     sys.argv[1:] = map(as_group_choice, sys.argv[1:])
+    if worker_without_outputs():
+        _run_record_outside_project()
     try:
         enter_root(sys.argv[0])
         main()
@@ -67,6 +74,14 @@ def launch(main: Callable[[], None]) -> None:
         mark = getattr(exc, "problem_mark", None)
         where = f"{mark.name}: line {mark.line + 1}, column {mark.column + 1}" if mark else "config file"
         _fail(f"error: {where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
+
+
+def _run_record_outside_project() -> None:
+    """A multi_worker training's other workers write nothing in the project folder: their
+    Hydra run record goes to a temp folder, removed at exit."""
+    folder = tempfile.mkdtemp(prefix="dcgan-worker-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    sys.argv.append(f"hydra.run.dir={folder}")
 
 
 # What a launcher's config (conf/hydra/launcher/) declares as each job's share of the cores.

@@ -200,7 +200,10 @@ class TrainConfig:
         default_factory=list
     )  # DiffAugment on D's inputs: any of AUGMENTATIONS, applied in order
     precision: str = "auto"  # auto | fp32 | mixed_bfloat16 | mixed_float16 (see dcgan.precision)
-    strategy: str = "default"  # default: one device; mirrored: data-parallel over GPUs (or cpu_devices)
+    # default: one device; mirrored: data-parallel over GPUs (or cpu_devices); multi_worker: over
+    # processes or machines (dcgan.multi_worker)
+    strategy: str = "default"
+    cluster_timeout: float = 300.0  # multi_worker: seconds to wait for the other workers
     cpu_devices: int = 1  # logical CPU devices, for running the mirrored path without GPUs
     threads: Optional[int] = None  # TensorFlow's op threads; null: all cores, or their share per parallel sweep job
 
@@ -235,10 +238,11 @@ class TrainConfig:
         )
         require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
         require(
-            self.strategy in ("default", "mirrored"),
+            self.strategy in ("default", "mirrored", "multi_worker"),
             "train.strategy",
-            f"must be default or mirrored, got {self.strategy!r}",
+            f"must be default, mirrored or multi_worker, got {self.strategy!r}",
         )
+        require(self.cluster_timeout > 0, "train.cluster_timeout", f"must be positive, got {self.cluster_timeout}")
         require(self.cpu_devices >= 1, "train.cpu_devices", f"must be at least 1, got {self.cpu_devices}")
         require(
             self.threads is None or self.threads >= 1, "train.threads", f"must be positive or null, got {self.threads}"

@@ -116,6 +116,11 @@ class GAN(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build: the networks and optimizers are built before ``fit``. (Keras'
+        version takes a batch from the data first, which moves a distributed run's data on
+        by a step, and under multi_worker averages it over the workers.)"""
+
     def call(self, noise, training=False):
         return self.generator(noise, training=training)
 
@@ -224,6 +229,9 @@ class GAN(keras.Model):
         ]
         if skipping:
             logs["skipped_steps"] = tf.add_n(skipping)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages logs over the workers along axis 0, which scalars lack.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
     def state_variables(self) -> list:

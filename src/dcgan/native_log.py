@@ -21,7 +21,7 @@ import time
 HARMLESS = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|E0000 [^\n]*node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool "
-    rb"|E0000 [^\n]*meta_optimizer\.cc:\d+\] remapper failed: [^\n]*LeakyReluGrad"
+    rb"|E0000 [^\n]*meta_optimizer\.cc:\d+\] remapper failed: [^\n]*LeakyRelu"
 )
 # A line is held back until its end only while it may still become one of the above.
 PREFIXES = (b"WARNING: All log messages before absl", b"E0000 ")
@@ -48,6 +48,8 @@ def import_tensorflow_quietly() -> None:
 
 
 _filtering = threading.Event()  # once per process
+_drained: list = []  # the filter's wait until what is in its pipe has been passed on
+_ended = threading.Event()  # the process's last line is out: descriptor 2 goes nowhere from then on
 
 
 def drop_harmless_lines() -> None:
@@ -66,9 +68,7 @@ def drop_harmless_lines() -> None:
     pump = threading.Thread(target=_forward, args=(read_end, console), name="native-log-filter", daemon=True)
     pump.start()
 
-    def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(console, 2)
+    def drained() -> None:
         # Child processes (a sweep's workers) may still hold the pipe open, so wait until what
         # is in it has been read, not for its end.
         deadline = time.monotonic() + 5
@@ -76,6 +76,13 @@ def drop_harmless_lines() -> None:
             time.sleep(0.01)
         time.sleep(0.01)  # the reader's last write
 
+    def restore() -> None:
+        if not _ended.is_set():
+            sys.stderr.flush()
+            os.dup2(console, 2)
+            drained()
+
+    _drained.append(drained)
     atexit.register(restore)
 
 
@@ -83,9 +90,23 @@ def _unread(fd: int) -> int:
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
+def end_of_output() -> None:
+    """Nothing the process writes to descriptor 2 from now on reaches the console (where
+    the filter runs): a one-line error stays the last line, not followed by TensorFlow's
+    teardown reports of the same failure (a lost worker's coordination service)."""
+    if not _drained or _ended.is_set():
+        return
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    _drained[0]()
+    _ended.set()
+
+
 def _forward(read_end: int, console: int) -> None:
     pending = b""
     while chunk := os.read(read_end, 65536):
+        if _ended.is_set():
+            continue
         try:
             pending = _pass_on(pending + chunk, console)
         except OSError:  # the console is gone: keep draining, so that writers never block

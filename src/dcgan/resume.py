@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from dcgan import tracking
-from dcgan.checkpoints import START_OVER, CheckpointDir, RunState
+from dcgan.checkpoints import START_OVER, CheckpointDir, RunState, local_values
 from dcgan.config import Config, MetricsConfig, TrainConfig, run_identity, scoring_identity
 from dcgan.errors import UserError
 from dcgan.paths import TrainOutputs
@@ -196,7 +196,7 @@ def cut_short(state: RunState, schedule: Schedule) -> bool:
 def epoch_means(gan: keras.Model, state: RunState, schedule: Schedule) -> list | None:
     """The restored loss trackers' totals of an epoch cut short, which the epoch's restart
     must put back after Keras resets them (so its means cover all its steps); else None."""
-    return [variable.numpy() for variable in gan.metrics_variables] if cut_short(state, schedule) else None
+    return local_values(gan.metrics_variables) if cut_short(state, schedule) else None
 
 
 def fit_calls(state: RunState, schedule: Schedule) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from dcgan.errors import UserError
+from dcgan.multi_worker import Cluster, connect
 
 MAX_TF_SEED = 2**31 - 1  # TensorFlow reduces seeds modulo this
 
@@ -55,10 +56,14 @@ def limit_threads(threads: int | None) -> None:
             ) from None
 
 
-def distribution(strategy: str) -> tf.distribute.Strategy:
+def distribution(strategy: str, cluster: Cluster | None = None, timeout: float = 0.0) -> tf.distribute.Strategy:
     """``default``: one device. ``mirrored``: data-parallel over all GPUs or, without any,
-    over the logical CPU devices (``train.cpu_devices``); batches are split between them."""
+    over the logical CPU devices (``train.cpu_devices``). ``multi_worker``: over the
+    processes of ``cluster``, once all have answered (within ``timeout`` seconds). A global
+    batch is split between the replicas."""
     if strategy == "default":
         return tf.distribute.get_strategy()
+    if strategy == "multi_worker":
+        return connect(cluster, timeout)
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -10,19 +11,20 @@ import sys
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
 
-from dcgan import models, quality, resume, search, tracking, viz
+from dcgan import models, multi_worker, quality, resume, search, tracking, viz
 from dcgan.callbacks import HISTORY_KEYS, Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput
-from dcgan.checkpoints import CheckpointDir, RunState
-from dcgan.config import Config, OptimizerConfig, to_dict
-from dcgan.data.pipeline import training_dataset
+from dcgan.checkpoints import CheckpointDir, RunState, assign_locally, local_values
+from dcgan.config import PRECISIONS, Config, OptimizerConfig, to_dict
+from dcgan.data.pipeline import distributed_training_dataset
 from dcgan.data.prepare import prepared_dataset
-from dcgan.data.tfrecords import manifest_sha256
+from dcgan.data.tfrecords import load_manifest, manifest_sha256
 from dcgan.errors import Interrupted
 from dcgan.files import check_writable, json_text, locked, replace_together
 from dcgan.gan import GAN, SkipNonFiniteSteps
@@ -81,16 +83,17 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_gan(config: Config, manifest: dict, total_steps: int) -> GAN:
-    """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32),
-    its optimizers scheduled for a run of ``total_steps`` steps."""
+def build_gan(config: Config, manifest: dict, total_steps: int, strategy: tf.distribute.Strategy | None = None) -> GAN:
+    """The compiled GAN, its networks built under ``train.precision`` (outputs stay float32)
+    in ``strategy``'s scope (default: one device), its optimizers scheduled for a run of
+    ``total_steps`` steps."""
     precision = set_precision(config.train.precision).policy
 
     def optimizer(network: str) -> keras.optimizers.Optimizer:
         inner = make_optimizer(config.optimizer, network, config.train.lr_decay, total_steps)
         return inner if precision == "fp32" else SkipNonFiniteSteps(inner, scaling=precision == "mixed_float16")
 
-    with distribution(config.train.strategy).scope():
+    with (strategy or tf.distribute.get_strategy()).scope():
         generator, discriminator = models.build(
             config.model, tuple(manifest["image_shape"]), manifest["normalization"]["range"]
         )
@@ -141,17 +144,46 @@ def train(config: Config) -> dict:
     split_cpu(config.train.cpu_devices)  # both before TensorFlow starts
     limit_threads(config.train.threads)
     models.architecture_for(config.model, config.data.image_shape)  # a wrong size fails before preparing data
+    cluster = None
+    if config.train.strategy == "multi_worker":
+        cluster = multi_worker.cluster_from_environment()
+        multi_worker.check_shards(Path(config.paths.prepared_dir) / config.data.name, cluster.workers)
+        if not cluster.is_chief:
+            return _train_in_step_with_chief(config, cluster)
     tracking.connect(config.tracking)  # before any work: an unusable store fails in seconds
     out = outputs_of(config.paths)
     check_writable(out.models_dir, out.reports_dir, out.checkpoints, out.samples)
+    # Before any TensorFlow op, and before the stop signals are caught: waiting for the other
+    # workers, a stop must end the process.
+    strategy = distribution(config.train.strategy, cluster, config.train.cluster_timeout)
     with locked(out.models_dir), stop_signals as stop:
         prepared, manifest = prepared_dataset(config.data, config.paths)
         with locked(prepared, shared=True):  # no prepare replaces the data under a training
-            with tracking.store_outage_is_user_error():
-                return _train(config, out, prepared, manifest, stop)
+            with tracking.store_outage_is_user_error(), _lost_workers_are_user_errors(cluster):
+                return _train(config, out, prepared, manifest, stop, strategy, cluster)
 
 
-def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, stop: StopSignals) -> dict:
+@contextlib.contextmanager
+def _lost_workers_are_user_errors(cluster: multi_worker.Cluster | None) -> Iterator[None]:
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        lost = multi_worker.lost_worker(exc, cluster) if cluster else None
+        if lost is None:
+            raise
+        multi_worker.close_abandoned_thread_pools()
+        raise lost from None
+
+
+def _train(
+    config: Config,
+    out: TrainOutputs,
+    prepared: Path,
+    manifest: dict,
+    stop: StopSignals,
+    strategy: tf.distribute.Strategy,
+    cluster: multi_worker.Cluster | None,
+) -> dict:
     schedule = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared)
     # Both may take a while once (the domain classifier, a precision probe): before seeding.
     scorer = (
@@ -162,13 +194,15 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
         else None
     )
     precision = resolve_precision(config.train.precision)
+    _agree_on_precision(config, strategy)
 
     seed_everything(config)
-    gan = build_gan(config, manifest, schedule.total_steps)
+    gan = build_gan(config, manifest, schedule.total_steps, strategy)
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
     state = resume.resume_or_start(
         config.train.resume, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out
     )
+    _share_chief_state(strategy, gan, state)
     grid_noise, scoring_noise = _fixed_noise(config)
     resume.rescore_if_changed(config.metrics, state, schedule, gan, scorer, scoring_noise, checkpoints)
     stop.check("stopped before training; rerun the same command")
@@ -179,6 +213,8 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
             checkpoints.save_state(state)  # so that a kill before the first checkpoint still ends this run
             _log_run_inputs(config, manifest, prepared, gan)
         tracking.log_precision(precision)
+        if cluster:
+            mlflow.set_tag("train.workers", cluster.workers)
         throughput = Throughput(config.train.batch_size)
         trial = search.ReportToStudy(config.search) if config.search.trial is not None else None
         logged = tracking.logged_epochs(run.info.run_id)
@@ -197,6 +233,44 @@ def _train(config: Config, out: TrainOutputs, prepared: Path, manifest: dict, st
             raise
         final = _write_outputs(gan, state, checkpoints, out, throughput)
         return {**final, "pruned": trial.pruned} if trial else final
+
+
+def _train_in_step_with_chief(config: Config, cluster: multi_worker.Cluster) -> dict:
+    """A multi_worker training's other workers: the same steps on their own data, from the
+    chief's precision, weights and position; nothing written. Returns the last epoch's logs."""
+    strategy = distribution(config.train.strategy, cluster, config.train.cluster_timeout)
+    with _lost_workers_are_user_errors(cluster):
+        prepared = Path(config.paths.prepared_dir) / config.data.name
+        manifest = load_manifest(prepared)
+        schedule = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared)
+        _agree_on_precision(config, strategy)
+        seed_everything(config)
+        gan = build_gan(config, manifest, schedule.total_steps, strategy)
+        state = RunState(identity={})
+        _share_chief_state(strategy, gan, state)
+        history = keras.callbacks.History()
+        _fit(gan, config, prepared, manifest, schedule, state, [history])
+    return {key: float(values[-1]) for key, values in history.history.items()}
+
+
+def _agree_on_precision(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """Under multi_worker, every worker trains in the chief's precision (``auto`` may choose
+    differently on other machines)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        own = PRECISIONS.index(resolve_precision(config.train.precision).policy)
+        config.train.precision = PRECISIONS[int(multi_worker.from_chief(strategy, [np.array(own)])[0])]
+
+
+def _share_chief_state(strategy: tf.distribute.Strategy, gan: GAN, state: RunState) -> None:
+    """Under multi_worker, every worker continues from the chief's weights and position (only
+    the chief has the checkpoints)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    position, *values = multi_worker.from_chief(
+        strategy, [np.array([state.step, state.epochs]), *local_values(gan.state_variables())]
+    )
+    state.step, state.epochs = (int(number) for number in position)
+    assign_locally(gan.state_variables(), values)
 
 
 def _fixed_noise(config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -260,8 +334,14 @@ def _fit(
     for epochs, steps_per_epoch in resume.fit_calls(state, schedule):
         if state.epochs >= epochs:
             continue
-        dataset = training_dataset(
-            prepared, manifest, config.train.batch_size, config.train.seed, config.train.shuffle_buffer, state.step
+        dataset = distributed_training_dataset(
+            gan.distribute_strategy,
+            prepared,
+            manifest,
+            config.train.batch_size,
+            config.train.seed,
+            config.train.shuffle_buffer,
+            state.step,
         )
         gan.fit(
             dataset,

@@ -7,23 +7,31 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from dcgan.data.tfrecords import normalize, read_split
+from dcgan.data.tfrecords import MANIFEST, normalize, read_split, shards_of
+from dcgan.errors import UserError
 
 EPOCHS_UNBOUNDED = 1 << 31  # fit() stops by its own epoch count
 
 
 def training_dataset(
-    folder: Path, manifest: dict, batch_size: int, seed: int, shuffle_buffer: int, start_step: int
+    folder: Path,
+    manifest: dict,
+    batch_size: int,
+    seed: int,
+    shuffle_buffer: int,
+    start_step: int,
+    part: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
-    """Normalised training batches, pass after pass over the data, from step ``start_step``.
+    """Normalised training batches, pass after pass over the data (or over its ``part`` of
+    the shard files), from step ``start_step``.
 
     Each pass is over the cached images in an order that depends only on (seed, pass),
     not on how many passes this process already ran, so a run resumed at step k sees
     exactly the batches an uninterrupted run would. Batches are full (``drop_remainder``):
     static shapes and exactly ``count // batch_size`` steps per pass.
     """
-    steps_per_pass = manifest["splits"]["train"]["count"] // batch_size
-    images = read_split(folder, manifest, "train").map(lambda image, label: image).cache()
+    steps_per_pass = sum(shard["count"] for shard in shards_of(manifest, "train", part)) // batch_size
+    images = read_split(folder, manifest, "train", part).map(lambda image, label: image).cache()
     seed = tf.constant(seed, tf.int64)
 
     def one_epoch(epoch):
@@ -39,6 +47,49 @@ def training_dataset(
         .map(lambda batch: normalize(batch, manifest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def check_shards_per_replica(folder: Path, shards: int, replicas: int) -> None:
+    if shards < replicas:
+        raise UserError(
+            f"{folder / MANIFEST}: {shards} training shards cannot be split between {replicas} replicas (each "
+            f"reads its own files); prepare with data.shards={replicas} or more"
+        )
+
+
+def distributed_training_dataset(
+    strategy: tf.distribute.Strategy,
+    folder: Path,
+    manifest: dict,
+    batch_size: int,
+    seed: int,
+    shuffle_buffer: int,
+    start_step: int,
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """``training_dataset`` for the replicas of ``strategy``, ``batch_size`` the global batch:
+    replica r of R reads its own shard files (r, r + R, ...) in batches of ``batch_size / R``,
+    so a replica's data is the same whether its process trains one replica or several, and
+    each worker of a multi-worker run reads only its own files."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return training_dataset(folder, manifest, batch_size, seed, shuffle_buffer, start_step)
+    check_shards_per_replica(folder, len(shards_of(manifest, "train")), replicas)
+    if batch_size % replicas:
+        raise UserError(f"config key train.batch_size: {batch_size} does not split evenly between {replicas} replicas")
+
+    def this_workers_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        streams = [
+            training_dataset(
+                folder, manifest, batch_size // replicas, seed, shuffle_buffer, start_step, (replica, replicas)
+            )
+            for replica in range(first, first + local)
+        ]
+        # The strategy hands a worker's batches to its replicas in turn.
+        return tf.data.Dataset.choose_from_datasets(streams, tf.data.Dataset.range(local).repeat())
+
+    return strategy.distribute_datasets_from_function(this_workers_batches)
 
 
 def load_images(folder: Path, manifest: dict, split: str, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -207,11 +207,18 @@ def split_sha256(manifest: dict, split: str) -> str:
     ).hexdigest()
 
 
-def read_split(folder: Path, manifest: dict, split: str) -> tf.data.Dataset:
-    """(image uint8 HxWxC, label int64) pairs of one split, in a fixed order."""
+def shards_of(manifest: dict, split: str, part: tuple[int, int] = (0, 1)) -> list[dict]:
+    """The shards of a split in part ``(index, parts)``: every ``parts``-th from ``index``."""
+    index, parts = part
+    return manifest["splits"][split]["shards"][index::parts]
+
+
+def read_split(folder: Path, manifest: dict, split: str, part: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    """(image uint8 HxWxC, label int64) pairs of one split (or of its ``part``, by shard
+    file: ``shards_of``), in a fixed order."""
     if split not in manifest["splits"]:
         raise UserError(f"{folder / MANIFEST}: no {split!r} split")
-    files = [str(folder / shard["file"]) for shard in manifest["splits"][split]["shards"]]
+    files = [str(folder / shard["file"]) for shard in shards_of(manifest, split, part)]
     shape = manifest["image_shape"]
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),

@@ -1,0 +1,202 @@
+"""One training over several processes or machines (``train.strategy=multi_worker``):
+TensorFlow's MultiWorkerMirroredStrategy with its cluster from ``TF_CONFIG`` (TensorFlow's
+standard) or, without it, from SLURM's environment inside an ``srun`` of several tasks.
+The chief (the task of type ``chief``, else worker 0) alone writes: outputs, checkpoints,
+the MLflow run; the other workers train in step with it and write nothing."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import multiprocessing.pool
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+# How long to wait for the workers and when to declare one lost: settings of TensorFlow's
+# coordination service, which the strategy configures with defaults unless it already is.
+from tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 import CoordinatedJob
+from tensorflow.python.eager import context
+
+from dcgan.data.pipeline import check_shards_per_replica
+from dcgan.errors import UserError
+
+TASK_TYPES = ("chief", "worker")  # in the order TensorFlow numbers their replicas
+HEARTBEAT_SECONDS = 10  # a worker silent this long is lost, and the others stop
+DOCS = "docs/distributed.md"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The training's processes: every task's address (the chief's first) and this one's place."""
+
+    resolver: tf.distribute.cluster_resolver.ClusterResolver
+    addresses: tuple[str, ...]
+    index: int
+
+    @property
+    def workers(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def is_chief(self) -> bool:
+        return self.index == 0
+
+    def others(self) -> str:
+        return ", ".join(address for i, address in enumerate(self.addresses) if i != self.index)
+
+
+def _task_position(spec: dict, task_type: str, task_index: int) -> int:
+    tasks = [(job, i) for job in TASK_TYPES for i in range(len(spec.get(job, [])))]
+    return tasks.index((task_type, task_index))
+
+
+def _checked_tf_config(text: str) -> tuple[dict, str, int]:
+    """TF_CONFIG's cluster and this task, or a one-line error naming what is wrong."""
+    try:
+        tf_config = json.loads(text)
+        spec, task = tf_config["cluster"], tf_config["task"]
+        task_type, task_index = task["type"], int(task["index"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(
+            f"TF_CONFIG: not a cluster and task ({type(exc).__name__}: {exc}); expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
+    unknown = sorted(set(spec) - set(TASK_TYPES))
+    if unknown or not isinstance(spec.get("worker", []), list):
+        raise UserError(f"TF_CONFIG: cluster jobs must be chief and worker (lists of host:port), got {sorted(spec)}")
+    if task_type not in TASK_TYPES or not 0 <= task_index < len(spec.get(task_type, [])):
+        raise UserError(f"TF_CONFIG: task {task_type} {task_index} is not in the cluster {spec}")
+    return spec, task_type, task_index
+
+
+def _slurm_tasks() -> int:
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
+
+
+def cluster_from_environment() -> Cluster:
+    """The cluster this process belongs to: from TF_CONFIG, else from SLURM's job step."""
+    if "TF_CONFIG" in os.environ:
+        spec, task_type, task_index = _checked_tf_config(os.environ["TF_CONFIG"])
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    elif "SLURM_PROCID" in os.environ and _slurm_tasks() > 1:
+        try:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            spec = resolver.cluster_spec().as_dict()
+        except (RuntimeError, OSError, KeyError, ValueError) as exc:
+            raise UserError(f"SLURM job step: cannot list its tasks ({exc}); run the workers with srun") from None
+        task_type, task_index = resolver.task_type, resolver.task_id
+    else:
+        raise UserError(
+            "config key train.strategy: multi_worker needs its cluster in TF_CONFIG or a SLURM job step of several "
+            f"tasks (srun -n N); see {DOCS}"
+        )
+    addresses = tuple(spec[job][i] for job in TASK_TYPES for i in range(len(spec.get(job, []))))
+    return Cluster(resolver, addresses, _task_position(spec, task_type, task_index))
+
+
+def worker_without_outputs() -> bool:
+    """Whether the environment makes this process a worker other than the chief (it must
+    write nothing in the project folder, Hydra's run record included)."""
+    if "TF_CONFIG" in os.environ:
+        try:
+            spec, task_type, task_index = _checked_tf_config(os.environ["TF_CONFIG"])
+        except UserError:
+            return False  # reported once the training starts
+        return _task_position(spec, task_type, task_index) != 0
+    return _slurm_tasks() > 1 and int(os.environ.get("SLURM_PROCID", 0)) > 0
+
+
+def check_shards(prepared: Path, replicas: int) -> None:
+    """Each replica reads its own shards: fail before connecting if there are too few, or if
+    the data is not prepared (every worker needs it before the training starts)."""
+    manifest = prepared / "manifest.json"
+    try:
+        shards = len(json.loads(manifest.read_text())["splits"]["train"]["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{manifest}: no prepared dataset; train.strategy=multi_worker needs it on every worker before the "
+            "training starts: run python src/prepare.py (or dvc repro prepare) with the same data settings first"
+        ) from None
+    check_shards_per_replica(prepared, shards, replicas)
+
+
+def connect(cluster: Cluster, timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """The strategy, once every worker has answered (at most ``timeout`` seconds)."""
+    spec = cluster.resolver.cluster_spec()
+    coordination = context.context()
+    coordination.configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{TASK_TYPES[0] if TASK_TYPES[0] in spec.jobs else TASK_TYPES[1]}/replica:0/task:0",
+        cluster_register_timeout_in_ms=int(timeout * 1000),
+        heartbeat_timeout_in_ms=HEARTBEAT_SECONDS * 1000,
+        coordinated_jobs=[CoordinatedJob(name=job, num_tasks=spec.num_tasks(job)) for job in spec.jobs],
+    )
+    coordination.coordination_service.cluster_register_with_barrier = True  # the timeout holds only with it
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster.resolver)
+        _all_reduce(strategy, np.zeros(1), tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout))
+    except tf.errors.DeadlineExceededError:
+        raise UserError(
+            f"worker {cluster.index} ({cluster.addresses[cluster.index]}) heard nothing from {cluster.others()} "
+            f"within {timeout:g} s (config key train.cluster_timeout): start every worker, and check the addresses"
+        ) from None
+    except tf.errors.OpError as exc:
+        raise UserError(f"worker {cluster.index} ({cluster.addresses[cluster.index]}): {_first_line(exc)}") from None
+    # Connected (the cluster's INFO lines are above); the strategy logs each all-reduce it builds.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    return strategy
+
+
+def _first_line(exc: tf.errors.OpError) -> str:
+    return exc.message.strip().splitlines()[0][:300]
+
+
+# What a collective raises once another worker has gone (its connection reset, or the
+# coordination service's heartbeat missed), or once an earlier collective was aborted.
+LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
+def lost_worker(exc: tf.errors.OpError, cluster: Cluster) -> UserError | None:
+    """A collective that failed because another worker went away, as a one-line error;
+    None for any other error."""
+    if not isinstance(exc, LOST) and "Collective ops is aborted" not in exc.message:
+        return None
+    return UserError(
+        f"worker {cluster.index} lost the connection to the others ({cluster.others()}; {type(exc).__name__}): "
+        "start every worker again: the training resumes from the chief's last checkpoint"
+    )
+
+
+def close_abandoned_thread_pools() -> None:
+    """Close the thread pools of eager all-reduces that failed: TensorFlow closes one only when
+    its all-reduce succeeds, and an open one prints an OSError of its own at exit."""
+    for pool in [thing for thing in gc.get_objects() if isinstance(thing, multiprocessing.pool.Pool)]:
+        pool.close()
+
+
+def from_chief(strategy: tf.distribute.Strategy, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` as the chief holds them, on every worker: one all-reduce summing the first
+    replica's values with zeros from all the others (every worker must call it, in step)."""
+    arrays = [np.asarray(array) for array in arrays]
+    flat = np.concatenate([array.astype(np.float64).ravel() for array in arrays])  # float64: exact for int32s
+
+    shared = _all_reduce(strategy, flat, tf.distribute.experimental.CommunicationOptions())
+    pieces = np.split(shared, np.cumsum([array.size for array in arrays])[:-1])
+    return [piece.reshape(array.shape).astype(array.dtype) for piece, array in zip(pieces, arrays)]
+
+
+def _all_reduce(strategy: tf.distribute.Strategy, values: np.ndarray, options) -> np.ndarray:
+    """The sum of the first replica's ``values`` and zeros from every other replica."""
+
+    def contribution():
+        replica = tf.distribute.get_replica_context()
+        first = tf.cast(tf.equal(replica.replica_id_in_sync_group, 0), tf.float64)
+        return replica.all_reduce(tf.distribute.ReduceOp.SUM, first * tf.constant(values, tf.float64), options)
+
+    # In a tf.function: run eagerly, the strategy warns of its overhead.
+    return strategy.experimental_local_results(tf.function(strategy.run)(contribution))[0].numpy()
