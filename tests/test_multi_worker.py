@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, Training, free_port, last_line_error, mlflow_client, run_stage
+from conftest import REPO, TINY, Training, free_port, last_line_error, mlflow_client, run_stage, subprocess_env
 
 # fp32 and one op thread per replica: the comparison with the one-process run is then one of
 # the all-reduce's summation order alone (with 2 threads, oneDNN's own sums differ too).
@@ -96,7 +98,7 @@ def test_two_workers_train_one_run_the_chief_writes_and_the_weights_match_one_pr
 def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_from_its_checkpoint(prepared, tmp_path):
     chief, worker = copy_of(prepared, tmp_path / "chief"), copy_of(prepared, tmp_path / "worker")
     state = chief / "models/checkpoints/state.json"
-    workers = start_workers([chief, worker], "train.epochs=4")
+    workers = start_workers([chief, worker], "train.epochs=3")
     workers[0].wait_until(lambda: state.is_file() and json.loads(state.read_text())["epochs"] >= 1)
     workers[1].process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -106,11 +108,11 @@ def test_a_killed_worker_stops_the_chief_and_a_rerun_resumes_from_its_checkpoint
     assert error.startswith("error: worker 0 lost the connection to the others (127.0.0.1:"), error
     kept = json.loads(state.read_text())["epochs"]
 
-    rerun = start_workers([chief, worker], "train.epochs=4")
+    rerun = start_workers([chief, worker], "train.epochs=3")
     finish(rerun)
     assert f"after epoch {kept} (step {kept * 4})" in rerun[0].stdout.read_text()  # resumed, not started over
     history = (chief / "reports/train_history.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in history[1:]] == [str(epoch) for epoch in range(1, 5)]
+    assert [row.split(",")[0] for row in history[1:]] == [str(epoch) for epoch in range(1, 4)]
 
 
 @pytest.mark.slow
@@ -149,3 +151,23 @@ def test_a_cluster_that_cannot_work_fails_before_connecting(prepared, monkeypatc
     result = run_stage("train", *TINY_RUN, "train.strategy=multi_worker", cwd=prepared, check=False)
     assert result.returncode == 1
     assert expected in last_line_error(result)
+
+
+@pytest.mark.slow
+def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
+    """Ray Train places the workers on a Ray started on this machine and sets their TF_CONFIG."""
+    project = copy_of(prepared, tmp_path / "project")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"],
+        cwd=project,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = mlflow_client(project).search_runs(
+        [mlflow_client(project).get_experiment_by_name("dcgan-tiny").experiment_id]
+    )
+    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
+    assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2

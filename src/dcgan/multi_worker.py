@@ -200,3 +200,54 @@ def _all_reduce(strategy: tf.distribute.Strategy, values: np.ndarray, options) -
 
     # In a tf.function: run eagerly, the strategy warns of its overhead.
     return strategy.experimental_local_results(tf.function(strategy.run)(contribution))[0].numpy()
+
+
+def train_on_ray(
+    script: Path, project: Path, overrides: list[str], workers: int, cpus_per_worker: int, address: str | None
+) -> None:
+    """One multi_worker training whose workers Ray Train places (its TensorflowTrainer sets
+    each one's TF_CONFIG): on the cluster at ``address``, or on a Ray started on this machine.
+    Each worker runs the train stage's ``script`` in ``project``; both must be at those paths
+    on every node."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.tensorflow import TensorflowTrainer
+
+    local = {} if address else {"object_store_memory": 100 * 2**20, "include_dashboard": False}
+    ray.init(address=address, configure_logging=False, **local)
+    command = [
+        str(script),
+        *overrides,
+        "train.strategy=multi_worker",
+        f"train.threads={cpus_per_worker}",
+    ]
+    forwarded = {key: value for key, value in os.environ.items() if key.startswith(("DCGAN_", "MLFLOW_", "KERAS_HOME"))}
+    trainer = TensorflowTrainer(
+        _worker_on_ray,
+        train_loop_config={"project": str(project), "command": command, "env": forwarded},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=f"dcgan-{project.name}"),
+    )
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise UserError(f"the training on Ray failed: {str(exc).strip().splitlines()[-1][:300]}") from None
+
+
+def _worker_on_ray(settings: dict) -> None:
+    """A Ray Train worker: the project's train stage as a process of its own, with the TF_CONFIG
+    Ray set (and without its TF_USE_LEGACY_KERAS, meant for Keras 2)."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run(
+        [sys.executable, *settings["command"]],
+        cwd=settings["project"],
+        env={**env, **settings["env"]},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if result.returncode:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise RuntimeError(lines[-1])

@@ -22,7 +22,7 @@ from dcgan import models, multi_worker, quality, resume, search, tracking, viz
 from dcgan.callbacks import HISTORY_KEYS, Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput
 from dcgan.checkpoints import CheckpointDir, RunState, assign_locally, local_values
 from dcgan.config import PRECISIONS, Config, OptimizerConfig, to_dict
-from dcgan.data.pipeline import distributed_training_dataset
+from dcgan.data.pipeline import training_dataset
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import load_manifest, manifest_sha256
 from dcgan.errors import Interrupted
@@ -334,14 +334,14 @@ def _fit(
     for epochs, steps_per_epoch in resume.fit_calls(state, schedule):
         if state.epochs >= epochs:
             continue
-        dataset = distributed_training_dataset(
-            gan.distribute_strategy,
+        dataset = training_dataset(
             prepared,
             manifest,
             config.train.batch_size,
             config.train.seed,
             config.train.shuffle_buffer,
             state.step,
+            gan.distribute_strategy,
         )
         gan.fit(
             dataset,

@@ -13,42 +13,6 @@ from dcgan.errors import UserError
 EPOCHS_UNBOUNDED = 1 << 31  # fit() stops by its own epoch count
 
 
-def training_dataset(
-    folder: Path,
-    manifest: dict,
-    batch_size: int,
-    seed: int,
-    shuffle_buffer: int,
-    start_step: int,
-    part: tuple[int, int] = (0, 1),
-) -> tf.data.Dataset:
-    """Normalised training batches, pass after pass over the data (or over its ``part`` of
-    the shard files), from step ``start_step``.
-
-    Each pass is over the cached images in an order that depends only on (seed, pass),
-    not on how many passes this process already ran, so a run resumed at step k sees
-    exactly the batches an uninterrupted run would. Batches are full (``drop_remainder``):
-    static shapes and exactly ``count // batch_size`` steps per pass.
-    """
-    steps_per_pass = sum(shard["count"] for shard in shards_of(manifest, "train", part)) // batch_size
-    images = read_split(folder, manifest, "train", part).map(lambda image, label: image).cache()
-    seed = tf.constant(seed, tf.int64)
-
-    def one_epoch(epoch):
-        order_seed = seed * 1_000_003 + epoch
-        return images.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False).batch(
-            batch_size, drop_remainder=True
-        )
-
-    return (
-        tf.data.Dataset.range(start_step // steps_per_pass, EPOCHS_UNBOUNDED)
-        .flat_map(one_epoch)
-        .skip(start_step % steps_per_pass)
-        .map(lambda batch: normalize(batch, manifest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
 def check_shards_per_replica(folder: Path, shards: int, replicas: int) -> None:
     if shards < replicas:
         raise UserError(
@@ -57,22 +21,50 @@ def check_shards_per_replica(folder: Path, shards: int, replicas: int) -> None:
         )
 
 
-def distributed_training_dataset(
-    strategy: tf.distribute.Strategy,
+def training_dataset(
     folder: Path,
     manifest: dict,
     batch_size: int,
     seed: int,
     shuffle_buffer: int,
     start_step: int,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
-    """``training_dataset`` for the replicas of ``strategy``, ``batch_size`` the global batch:
-    replica r of R reads its own shard files (r, r + R, ...) in batches of ``batch_size / R``,
-    so a replica's data is the same whether its process trains one replica or several, and
-    each worker of a multi-worker run reads only its own files."""
-    replicas = strategy.num_replicas_in_sync
+    """Normalised training batches, pass after pass over the data, from step ``start_step``.
+
+    Each pass is over the cached images in an order that depends only on (seed, pass),
+    not on how many passes this process already ran, so a run resumed at step k sees
+    exactly the batches an uninterrupted run would. Batches are full (``drop_remainder``):
+    static shapes and exactly ``count // batch_size`` steps per pass.
+
+    With a ``strategy`` of R replicas, ``batch_size`` is the global batch: replica r reads
+    its own shard files (r, r + R, ...) in batches of ``batch_size / R``, so a replica's data
+    is the same whether its process trains one replica or several, and each worker of a
+    multi-worker run reads only its own files.
+    """
+
+    def batches(size: int, part: tuple[int, int]) -> tf.data.Dataset:
+        steps_per_pass = sum(shard["count"] for shard in shards_of(manifest, "train", part)) // size
+        images = read_split(folder, manifest, "train", part).map(lambda image, label: image).cache()
+        seed_tensor = tf.constant(seed, tf.int64)
+
+        def one_epoch(epoch):
+            order_seed = seed_tensor * 1_000_003 + epoch
+            return images.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False).batch(
+                size, drop_remainder=True
+            )
+
+        return (
+            tf.data.Dataset.range(start_step // steps_per_pass, EPOCHS_UNBOUNDED)
+            .flat_map(one_epoch)
+            .skip(start_step % steps_per_pass)
+            .map(lambda batch: normalize(batch, manifest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    replicas = strategy.num_replicas_in_sync if strategy else 1
     if replicas == 1:
-        return training_dataset(folder, manifest, batch_size, seed, shuffle_buffer, start_step)
+        return batches(batch_size, (0, 1))
     check_shards_per_replica(folder, len(shards_of(manifest, "train")), replicas)
     if batch_size % replicas:
         raise UserError(f"config key train.batch_size: {batch_size} does not split evenly between {replicas} replicas")
@@ -80,12 +72,7 @@ def distributed_training_dataset(
     def this_workers_batches(context: tf.distribute.InputContext) -> tf.data.Dataset:
         local = replicas // context.num_input_pipelines
         first = context.input_pipeline_id * local
-        streams = [
-            training_dataset(
-                folder, manifest, batch_size // replicas, seed, shuffle_buffer, start_step, (replica, replicas)
-            )
-            for replica in range(first, first + local)
-        ]
+        streams = [batches(batch_size // replicas, (replica, replicas)) for replica in range(first, first + local)]
         # The strategy hands a worker's batches to its replicas in turn.
         return tf.data.Dataset.choose_from_datasets(streams, tf.data.Dataset.range(local).repeat())
 
