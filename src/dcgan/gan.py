@@ -118,8 +118,8 @@ class GAN(keras.Model):
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Nothing to build: the networks and optimizers are built before ``fit``. (Keras'
-        version takes a batch from the data first, which moves a distributed run's data on
-        by a step, and under multi_worker averages it over the workers.)"""
+        version, under a distribution strategy, takes a batch from the data to build with and
+        averages it over the replicas: under multi_worker a collective of no use.)"""
 
     def call(self, noise, training=False):
         return self.generator(noise, training=training)
