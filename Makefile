@@ -12,8 +12,9 @@ export DCGAN_DATA_MIRROR
 export PATH := $(abspath $(BIN)):$(PATH)
 
 # Debian packages the tests start for real: Graphviz draws the architecture diagrams logged to
-# MLflow, PostgreSQL backs the team's MLflow server, OpenSSH serves the DVC SSH remote.
-SYSTEM_PACKAGES := graphviz postgresql openssh-server chromium
+# MLflow, PostgreSQL backs the team's MLflow server, OpenSSH serves the DVC SSH remote, Chromium
+# opens the MLflow UI, munge and SLURM run a one-machine SLURM cluster for multi_worker training.
+SYSTEM_PACKAGES := graphviz postgresql openssh-server chromium munge slurmctld slurmd slurm-client
 
 .PHONY: install system-packages run test test-quick bench params server server-stop clean
 

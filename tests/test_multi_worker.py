@@ -1,11 +1,16 @@
-"""``train.strategy=multi_worker``: worker processes on 127.0.0.1 (TF_CONFIG), CPU, the tiny
-profile; the one-process comparison is the mirrored strategy on two logical CPUs."""
+"""``train.strategy=multi_worker``: worker processes on 127.0.0.1 (TF_CONFIG, a one-machine
+SLURM cluster, Ray), CPU, the tiny profile; the one-process comparison is the mirrored strategy
+on two logical CPUs."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +19,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, TINY, Training, free_port, last_line_error, mlflow_client, run_stage, subprocess_env
+from conftest import (
+    REPO,
+    TINY,
+    Training,
+    free_port,
+    last_line_error,
+    mlflow_client,
+    needs_package,
+    run_stage,
+    subprocess_env,
+)
 
 # fp32 and one op thread per replica: the comparison with the one-process run is then one of
 # the all-reduce's summation order alone (with 2 threads, oneDNN's own sums differ too).
@@ -171,3 +186,111 @@ def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
     )
     assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
     assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports on 127.0.0.1 that are free now."""
+    while True:
+        first = random.randrange(20000, 60000 - count)
+        try:
+            probes = [socket.create_server(("127.0.0.1", port)) for port in range(first, first + count)]
+        except OSError:
+            continue
+        for probe in probes:
+            probe.close()
+        return first
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> tuple[dict[str, str], range]:
+    """A SLURM cluster of this machine alone: munged, slurmctld and slurmd on 127.0.0.1 with
+    their state in a temp folder, for the module's tests; the environment srun needs, and the
+    ports SLURM reserves job steps from."""
+    programs = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "srun": "slurm-client"}
+    for program, package in programs.items():
+        needs_package(package, shutil.which(program) is not None, "a one-machine SLURM cluster")
+    if os.getuid() != 0:
+        pytest.skip("slurmd starts its tasks as their user only when it runs as root")
+    folder = tmp_path_factory.mktemp("slurm")
+    (folder / "munge.key").write_bytes(os.urandom(128))
+    (folder / "munge.key").chmod(0o600)
+    for state in ("state", "spool"):
+        (folder / state).mkdir()
+    controller_port, node_port, step_ports = free_port(), free_port(), free_ports(100)
+    config = folder / "slurm.conf"
+    config.write_text(
+        f"""ClusterName=dcgantest
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={controller_port}
+SlurmdPort={node_port}
+MpiParams=ports={step_ports}-{step_ports + 99}
+AuthType=auth/munge
+AuthInfo=socket={folder}/munge.sock
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+SwitchType=switch/none
+ReturnToService=2
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    env = {**subprocess_env(), "SLURM_CONF": str(config)}
+    munge = (
+        f"munged --foreground --force --key-file={folder}/munge.key --socket={folder}/munge.sock "
+        f"--pid-file={folder}/munged.pid --seed-file={folder}/munge.seed --log-file={folder}/munged.log"
+    )
+    daemons = [
+        subprocess.Popen(command.split(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for command in (munge, "slurmctld -D -i", "slurmd -D -N localhost")
+    ]
+    node_state = ["sinfo", "--noheader", "--format=%t"]
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(node_state, env=env, capture_output=True, text=True).stdout.strip() != "idle":
+            assert time.monotonic() < deadline, (folder / "slurmd.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield {"SLURM_CONF": str(config)}, range(step_ports, step_ports + 100)
+    finally:
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            daemon.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_step_of_two_tasks_trains_one_run_on_its_reserved_ports(prepared, slurm, tmp_path):
+    """srun starts both workers in one project folder; their addresses come from SLURM."""
+    project, (env, reserved) = copy_of(prepared, tmp_path / "project"), slurm
+    records = set((project / "outputs").glob("*/*/.hydra"))
+    result = subprocess.run(
+        ["srun", "--ntasks=2", "--label", sys.executable, str(REPO / "src/train.py"), *MULTI, "train.epochs=2"],
+        cwd=project,
+        env={**subprocess_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = mlflow_client(project).search_runs(
+        [mlflow_client(project).get_experiment_by_name("dcgan-tiny").experiment_id]
+    )
+    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
+    assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2
+    assert len(set((project / "outputs").glob("*/*/.hydra")) - records) == 1  # the chief's run record alone
+    # TensorFlow's own account of the cluster, from each task: addresses on the reserved ports.
+    clusters = set(re.findall(r"cluster_spec = \{'worker': \[(.*?)\]", result.stdout))
+    assert len(clusters) == 1, result.stdout[-3000:]
+    ports = [int(port) for port in re.findall(r"'localhost:(\d+)'", clusters.pop())]
+    assert len(ports) == 2 and all(port in reserved for port in ports), ports

@@ -11,6 +11,8 @@ import json
 import logging
 import multiprocessing.pool
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,24 @@ def _slurm_tasks() -> int:
     return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
 
 
+def _slurm_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
+    """TensorFlow's resolver for this job step, on the ports SLURM reserved for it (srun
+    --resv-ports, or MpiParams=ports in slurm.conf), else on TensorFlow's default 8888 up."""
+    reserved = re.match(r"\d+", os.environ.get("SLURM_STEP_RESV_PORTS", ""))
+    port_base = int(reserved.group()) if reserved else 8888
+    if shutil.which("nvidia-smi") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=port_base)
+    # Without NVIDIA GPUs: TensorFlow's resolver gives a task a port only with GPUs to pair it
+    # with, so it lists the tasks with one notional GPU each, and the strategy gets the list alone.
+    slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        port_base=port_base, gpus_per_node=_slurm_tasks(), gpus_per_task=1, auto_set_gpu=False
+    )
+    spec = slurm.cluster_spec()
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type=slurm.task_type, task_id=slurm.task_id, rpc_layer=slurm.rpc_layer
+    )
+
+
 def cluster_from_environment() -> Cluster:
     """The cluster this process belongs to: from TF_CONFIG, else from SLURM's job step."""
     if "TF_CONFIG" in os.environ:
@@ -85,7 +105,7 @@ def cluster_from_environment() -> Cluster:
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     elif "SLURM_PROCID" in os.environ and _slurm_tasks() > 1:
         try:
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            resolver = _slurm_resolver()
             spec = resolver.cluster_spec().as_dict()
         except (RuntimeError, OSError, KeyError, ValueError) as exc:
             raise UserError(f"SLURM job step: cannot list its tasks ({exc}); run the workers with srun") from None
