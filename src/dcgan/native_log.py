@@ -17,6 +17,7 @@ import sys
 import termios
 import threading
 import time
+from typing import Callable
 
 HARMLESS = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -48,7 +49,7 @@ def import_tensorflow_quietly() -> None:
 
 
 _filtering = threading.Event()  # once per process
-_drained: list = []  # the filter's wait until what is in its pipe has been passed on
+_wait_until_drained: Callable[[], None] | None = None  # until what is in the filter's pipe is passed on
 _ended = threading.Event()  # the process's last line is out: descriptor 2 goes nowhere from then on
 
 
@@ -57,6 +58,7 @@ def drop_harmless_lines() -> None:
     ``HARMLESS`` are dropped. Does nothing where descriptor 2 is not open."""
     if _show_all() or _filtering.is_set():
         return
+    global _wait_until_drained
     _filtering.set()
     try:
         console = os.dup(2)
@@ -82,7 +84,7 @@ def drop_harmless_lines() -> None:
             os.dup2(console, 2)
             drained()
 
-    _drained.append(drained)
+    _wait_until_drained = drained
     atexit.register(restore)
 
 
@@ -94,11 +96,11 @@ def end_of_output() -> None:
     """Nothing the process writes to descriptor 2 from now on reaches the console (where
     the filter runs): a one-line error stays the last line, not followed by TensorFlow's
     teardown reports of the same failure (a lost worker's coordination service)."""
-    if not _drained or _ended.is_set():
+    if _wait_until_drained is None or _ended.is_set():
         return
     sys.stderr.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    _drained[0]()
+    _wait_until_drained()
     _ended.set()
 
 
