@@ -73,6 +73,23 @@ def finish(workers: list[Training], timeout: float = 300) -> None:
         assert worker.process.wait(timeout=timeout) == 0, worker.stderr[-3000:]
 
 
+def launch(command: list[str], project: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A launcher's command (Ray's, SLURM's) run in ``project`` to its successful end."""
+    result = subprocess.run(
+        command, cwd=project, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_one_run_of_two_workers(project: Path) -> None:
+    """The project's one MLflow run, finished and tagged with two workers; its metrics at epoch 2."""
+    client = mlflow_client(project)
+    runs = client.search_runs([client.get_experiment_by_name("dcgan-tiny").experiment_id])
+    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
+    assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2
+
+
 def files_of(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder`` (the tests' own logs aside) with its size and mtime."""
     return {
@@ -92,11 +109,9 @@ def test_two_workers_train_one_run_the_chief_writes_and_the_weights_match_one_pr
     worker_files = files_of(worker)
     finish(start_workers([chief, worker], "train.epochs=2"))
 
-    runs = mlflow_client(chief).search_runs([mlflow_client(chief).get_experiment_by_name("dcgan-tiny").experiment_id])
-    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
-    for output in ("models/generator.keras", "models/checkpoints/state.json", "reports/train_metrics.json"):
+    assert_one_run_of_two_workers(chief)
+    for output in ("models/generator.keras", "models/checkpoints/state.json"):
         assert (chief / output).is_file()
-    assert json.loads((chief / "reports/train_metrics.json").read_text())["epoch"] == 2
     # The other worker read its shard and wrote nothing: no outputs, MLflow store or Hydra record.
     assert files_of(worker) == worker_files
 
@@ -172,20 +187,8 @@ def test_a_cluster_that_cannot_work_fails_before_connecting(prepared, monkeypatc
 def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
     """Ray Train places the workers on a Ray started on this machine and sets their TF_CONFIG."""
     project = copy_of(prepared, tmp_path / "project")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"],
-        cwd=project,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = mlflow_client(project).search_runs(
-        [mlflow_client(project).get_experiment_by_name("dcgan-tiny").experiment_id]
-    )
-    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
-    assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2
+    launch([sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"], project)
+    assert_one_run_of_two_workers(project)
 
 
 def free_ports(count: int) -> int:
@@ -274,20 +277,12 @@ def test_a_slurm_job_step_of_two_tasks_trains_one_run_on_its_reserved_ports(prep
     """srun starts both workers in one project folder; their addresses come from SLURM."""
     project, (env, reserved) = copy_of(prepared, tmp_path / "project"), slurm
     records = set((project / "outputs").glob("*/*/.hydra"))
-    result = subprocess.run(
+    result = launch(
         ["srun", "--ntasks=2", "--label", sys.executable, str(REPO / "src/train.py"), *MULTI, "train.epochs=2"],
-        cwd=project,
-        env={**subprocess_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
+        project,
+        env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = mlflow_client(project).search_runs(
-        [mlflow_client(project).get_experiment_by_name("dcgan-tiny").experiment_id]
-    )
-    assert [(run.info.status, run.data.tags["train.workers"]) for run in runs] == [("FINISHED", "2")]
-    assert json.loads((project / "reports/train_metrics.json").read_text())["epoch"] == 2
+    assert_one_run_of_two_workers(project)
     assert len(set((project / "outputs").glob("*/*/.hydra")) - records) == 1  # the chief's run record alone
     # TensorFlow's own account of the cluster, from each task: addresses on the reserved ports.
     clusters = set(re.findall(r"cluster_spec = \{'worker': \[(.*?)\]", result.stdout))
