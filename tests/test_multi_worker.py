@@ -192,9 +192,11 @@ def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive ports on 127.0.0.1 that are free now."""
+    """The first of ``count`` consecutive ports on 127.0.0.1 that are free now, below the
+    system's ephemeral range (where any outgoing connection may take one meanwhile)."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
-        first = random.randrange(20000, 60000 - count)
+        first = random.randrange(10000, ephemeral - count)
         try:
             probes = [socket.create_server(("127.0.0.1", port)) for port in range(first, first + count)]
         except OSError:
@@ -278,7 +280,8 @@ def test_a_slurm_job_step_of_two_tasks_trains_one_run_on_its_reserved_ports(prep
     project, (env, reserved) = copy_of(prepared, tmp_path / "project"), slurm
     records = set((project / "outputs").glob("*/*/.hydra"))
     result = launch(
-        ["srun", "--ntasks=2", "--label", sys.executable, str(REPO / "src/train.py"), *MULTI, "train.epochs=2"],
+        ["srun", "--ntasks=2", "--label", sys.executable, str(REPO / "src/train.py"), *MULTI, "train.epochs=2"]
+        + ["train.cluster_timeout=60"],  # a failed start fails the test in a minute
         project,
         env,
     )
