@@ -221,14 +221,15 @@ def slurm(tmp_path_factory) -> tuple[dict[str, str], range]:
     (folder / "munge.key").chmod(0o600)
     for state in ("state", "spool"):
         (folder / state).mkdir()
-    controller_port, node_port, step_ports = free_port(), free_port(), free_ports(100)
+    controller_port, node_port, first_step_port = free_port(), free_port(), free_ports(100)
+    step_ports = range(first_step_port, first_step_port + 100)
     config = folder / "slurm.conf"
     config.write_text(
         f"""ClusterName=dcgantest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={controller_port}
 SlurmdPort={node_port}
-MpiParams=ports={step_ports}-{step_ports + 99}
+MpiParams=ports={step_ports[0]}-{step_ports[-1]}
 AuthType=auth/munge
 AuthInfo=socket={folder}/munge.sock
 CredType=cred/munge
@@ -267,7 +268,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         while subprocess.run(node_state, env=env, capture_output=True, text=True).stdout.strip() != "idle":
             assert time.monotonic() < deadline, (folder / "slurmd.log").read_text()[-2000:]
             time.sleep(0.5)
-        yield {"SLURM_CONF": str(config)}, range(step_ports, step_ports + 100)
+        yield {"SLURM_CONF": str(config)}, step_ports
     finally:
         for daemon in reversed(daemons):
             daemon.terminate()
