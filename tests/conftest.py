@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 
 from dcgan.config import MIRROR_ENV, Config, validate
 from dcgan.data.sources import ImageArchive
-from dcgan.precision import CACHE_ENV
+from dcgan.files import CACHE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # tests start what benchmarks start (a loopback Ray cluster) the same way
@@ -67,7 +67,8 @@ DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 
 def pytest_configure(config):
     os.environ[MIRROR_ENV] = str(MIRROR)
-    # train.precision=auto's per-machine cache: measured once per test session, not read from the user's.
+    # The per-user cache (train.precision=auto's choice, MLflow's empty store): made once per
+    # test session, not read from the user's.
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="dcgan-cache-"))
     worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and workers:

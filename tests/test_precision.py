@@ -5,14 +5,14 @@ import json
 import pytest
 import tensorflow as tf
 
-from dcgan import precision
+from dcgan import files, precision
 
 
 @pytest.fixture
 def probed(monkeypatch, tmp_path):
     """A fresh cache in ``tmp_path``, a machine with bfloat16, and a probe whose figures the
     test sets; returns the list of policies probed."""
-    monkeypatch.setenv(precision.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(precision, "candidates", lambda: ["fp32", "mixed_bfloat16"])
     figures, calls = {}, []
 

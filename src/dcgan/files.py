@@ -1,5 +1,5 @@
-"""Atomic file writes (a reader sees the old file or the complete new one, never a part) and
-the lock that lets one process at a time work in an output folder."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never a part), the
+lock that lets one process at a time work in an output folder, and the per-user cache folder."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dcgan.errors import UserError
+
+CACHE_ENV = "DCGAN_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """What this user's runs keep between projects: ``$DCGAN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/dcgan`` (``~/.cache/dcgan``)."""
+    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dcgan"
+    return Path(base).expanduser()
 
 
 def atomic_write(path: Path, write) -> None:

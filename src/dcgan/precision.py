@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from dcgan.files import write_json
+from dcgan.files import cache_dir, write_json
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "DCGAN_CACHE_DIR"
 MARGIN = 1.05  # a mixed precision must beat float32 by this factor: fp32 is the safer numerics
 PROBE_BATCH = 64
 PROBE_STEPS = 8
@@ -48,8 +46,7 @@ class Precision:
 
 
 def cache_file() -> Path:
-    base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dcgan"
-    return Path(base).expanduser() / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def _cpu_flags() -> tuple[str, set[str]]:

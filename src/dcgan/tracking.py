@@ -8,8 +8,9 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Optional
@@ -21,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from dcgan.config import OVERRIDES_TAG, Config, TrackingConfig, flatten, to_dict
 from dcgan.errors import UserError
-from dcgan.files import locked
+from dcgan.files import atomic_write, cache_dir, locked
 from dcgan.precision import Precision
 from dcgan.project import project_root
 
@@ -63,6 +64,8 @@ def check_store(uri: str) -> None:
         # MLflow creates (or upgrades) the tables on first use; parallel jobs starting on a
         # new store would otherwise run that migration at once and read half-made tables.
         with locked(path, wait=True):
+            if path.stat().st_size == 0:  # new: the quick check above made an empty file
+                _start_from_empty_store(path)
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
             if path.resolve() == project_root() / "mlflow.db":
                 _follow_moved_project(path)
@@ -74,6 +77,29 @@ def check_store(uri: str) -> None:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:  # any failure here means the store cannot be used
         raise UserError(f"MLflow tracking store {_redacted(uri)} is unreachable: {_reason(exc)}") from None
+
+
+def _start_from_empty_store(path: Path) -> None:
+    """Replace the new, empty file ``path`` by a copy of MLflow's tables without an experiment,
+    made once per MLflow version in the cache: MLflow would otherwise build them by running its
+    schema migrations, seconds of CPU for every new project. MLflow adds the Default
+    experiment, located in this project, when it first opens the copy. Without a usable cache
+    MLflow builds the tables itself."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # what MLflow opens SQLite stores with
+
+    template = cache_dir() / f"mlflow-{metadata.version('mlflow')}-empty.db"
+    try:
+        if not template.is_file():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=template.parent) as folder:
+                made = Path(folder) / "mlflow.db"
+                SqlAlchemyStore(f"sqlite:///{made}", folder).engine.dispose()
+                with closing(sqlite3.connect(made)) as db, db:
+                    db.execute("DELETE FROM experiments")
+                os.replace(made, template)  # concurrent makers: the last rename wins, each file complete
+        atomic_write(path, lambda handle: handle.write(template.read_bytes()))
+    except OSError as exc:
+        log.debug("no copy of an empty MLflow store (%s): MLflow builds its tables", exc)
 
 
 # Where a project's own SQLite store records file locations: MLflow stores them absolute.
