@@ -9,7 +9,7 @@ import sys
 from conftest import REPO
 
 WRITER = """
-import os, sys, time
+import os, subprocess, sys, time
 from dcgan.native_log import drop_harmless_lines
 drop_harmless_lines()
 os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
@@ -21,6 +21,8 @@ os.write(2, b"E0000 00:00:17.3 15677 cuda_dnn.cc:1] a real error\\n")
 os.write(2, b"\\rwriting train:  50%")
 sys.stderr.write("\\rwriting train: 100%\\n")
 sys.stderr.write("Traceback: from Python\\n")
+subprocess.Popen(["sleep", "2"], stdout=subprocess.DEVNULL)  # holds the filter's pipe open past our exit
+os.write(2, b"E0000 00:00:17.4 15677 an unfinished last line")
 """
 
 
@@ -32,4 +34,5 @@ def test_harmless_native_lines_are_dropped_and_the_rest_passes_unchanged():
     assert result.stderr.decode() == (
         "E0000 00:00:17.3 15677 cuda_dnn.cc:1] a real error\n"
         "\rwriting train:  50%\rwriting train: 100%\nTraceback: from Python\n"
+        "E0000 00:00:17.4 15677 an unfinished last line"
     )

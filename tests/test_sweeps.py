@@ -2,6 +2,8 @@
 processes (submitit's local executor, the SLURM launcher's stand-in; a two-node Ray cluster on
 loopback), their share of the cores, and the MLflow parent run that groups them."""
 
+import os
+
 import keras
 import optuna
 import pytest
@@ -11,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -21,6 +24,7 @@ from dcgan.cli import _apply_hydra_context, job_threads
 from dcgan.config import SearchConfig, flatten, to_dict
 from dcgan.errors import UserError
 from dcgan.search import search_space
+from dcgan.sweeps import without_artifact_progress_bars
 
 
 def compose_sweep(overrides):
@@ -62,6 +66,18 @@ def test_a_parallel_launcher_without_a_share_is_named_in_a_warning(caplog, monke
     _apply_hydra_context(config)
     assert config.train.threads is None
     assert "hydra/launcher=joblib declares no CPU share per job" in caplog.text
+
+
+@pytest.mark.parametrize("before", [None, "true"])
+def test_mlflows_progress_bars_are_off_only_while_the_comparison_downloads(before, monkeypatch):
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    if before is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, before)
+    with without_artifact_progress_bars():
+        assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
+    assert os.environ.get(name) == before
 
 
 def test_slurm_launcher_config_composes():

@@ -51,6 +51,8 @@ def import_tensorflow_quietly() -> None:
 _filtering = threading.Event()  # once per process
 _wait_until_drained: Callable[[], None] | None = None  # until what is in the filter's pipe is passed on
 _ended = threading.Event()  # the process's last line is out: descriptor 2 goes nowhere from then on
+_held_back = b""  # the start of a line that may still turn out harmless
+_held_back_lock = threading.Lock()
 
 
 def drop_harmless_lines() -> None:
@@ -83,6 +85,7 @@ def drop_harmless_lines() -> None:
             sys.stderr.flush()
             os.dup2(console, 2)
             drained()
+            _flush_held_back(console)  # children may hold the pipe open: its end may come too late
 
     _wait_until_drained = drained
     atexit.register(restore)
@@ -105,16 +108,27 @@ def end_of_output() -> None:
 
 
 def _forward(read_end: int, console: int) -> None:
-    pending = b""
+    global _held_back
     while chunk := os.read(read_end, 65536):
         if _ended.is_set():
             continue
+        with _held_back_lock:
+            try:
+                _held_back = _pass_on(_held_back + chunk, console)
+            except OSError:  # the console is gone: keep draining, so that writers never block
+                _held_back = b""
+    _flush_held_back(console)
+
+
+def _flush_held_back(console: int) -> None:
+    """Write out the unfinished line held back (the process's last, unended one)."""
+    global _held_back
+    with _held_back_lock:
         try:
-            pending = _pass_on(pending + chunk, console)
-        except OSError:  # the console is gone: keep draining, so that writers never block
-            pending = b""
-    if pending:
-        _write(console, pending)
+            _write(console, _held_back)
+        except OSError:
+            pass
+        _held_back = b""
 
 
 def _pass_on(data: bytes, console: int) -> bytes:

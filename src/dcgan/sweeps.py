@@ -15,7 +15,9 @@ import logging
 import os
 import tempfile
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import imageio.v3 as iio
 import mlflow
@@ -109,6 +111,21 @@ def _short(override: str) -> str:
         return f"{key}={value}"
 
 
+@contextmanager
+def without_artifact_progress_bars() -> Iterator[None]:
+    """No MLflow progress bar while downloading: one per small grid would end the sweep's output."""
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    was = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if was is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = was
+
+
 LEGEND_LABEL = 40  # longer labels (a search's) name the job in the legend and stand in full under its grid
 
 
@@ -118,10 +135,9 @@ def _log_comparison(client: mlflow.MlflowClient, run_id: str, jobs: list) -> Non
     if not jobs:
         return
     jobs = sorted(jobs, key=lambda job: job.data.metrics["best_fid"])
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # a bar per small grid, at the end of the sweep's output
     labels = distinguishing_labels({job.info.run_id: job.data.tags.get(OVERRIDES_TAG, "") for job in jobs})
     curves, grids = {}, {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, without_artifact_progress_bars():
         for job in jobs:
             label = labels[job.info.run_id]
             name = f"job {job.data.tags.get('sweep_job', job.info.run_id[:8])}"
