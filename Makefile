@@ -33,8 +33,8 @@ run: install  ## prepare -> classifier -> train -> evaluate with the default con
 # fixtures made once): much of a slow test is single-threaded start-up, DVC and MLflow, so two
 # at once keep both cores busy (TEST_WORKERS=0: one process, no workers). Modules are handed
 # out in the order tests/conftest.py gives them (long ones first), not xdist's by test count.
-# The quick subset stays in one process: one long module fixture dominates it, so workers only add
-# their start-up.
+# The quick subset on the same workers: each pays TensorFlow's import once, and the unit tests' own
+# work halves.
 TEST_WORKERS ?= 2
 
 system-packages:  ## install SYSTEM_PACKAGES when missing (as root, with apt-get); otherwise their tests skip
@@ -46,7 +46,7 @@ test: install system-packages  ## lint and format check, then the whole suite, s
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-quick: install  ## unit tests only
-	$(BIN)/pytest -m 'not slow'
+	$(BIN)/pytest -m 'not slow' -n $(TEST_WORKERS) --dist loadscope
 
 # The benchmarks docs/ quotes, at the sizes it quotes (the suite runs each as a smoke run on a
 # sliver of MNIST). Hours on 2 cores; time nothing else meanwhile.

@@ -66,11 +66,14 @@ DEFAULT_ADAM = yaml.safe_load((REPO / "conf/optimizer/adam.yaml").read_text())
 
 
 def pytest_configure(config):
-    os.environ[MIRROR_ENV] = str(MIRROR)
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    # A synthetic mirror's hashes are registered in its own process: xdist's workers, which
+    # inherit this environment, make their own instead of taking the controller's for a real one.
+    if HAS_REAL_MIRROR or worker or config.getoption("dist", "no") == "no":
+        os.environ[MIRROR_ENV] = str(MIRROR)
     # The per-user cache (train.precision=auto's choice, MLflow's empty store): made once per
     # test session, not read from the user's.
     os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="dcgan-cache-"))
-    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and workers:
         # Each parallel worker on its own share of the cores, and so are the processes it starts
         # (they size their thread pools by affinity): TensorFlow's pools of two workers on the

@@ -21,7 +21,7 @@ os.write(2, b"E0000 00:00:17.3 15677 cuda_dnn.cc:1] a real error\\n")
 os.write(2, b"\\rwriting train:  50%")
 sys.stderr.write("\\rwriting train: 100%\\n")
 sys.stderr.write("Traceback: from Python\\n")
-subprocess.Popen(["sleep", "2"], stdout=subprocess.DEVNULL)  # holds the filter's pipe open past our exit
+subprocess.Popen(["sleep", "1"], stdout=subprocess.DEVNULL)  # holds the filter's pipe open past our exit
 os.write(2, b"E0000 00:00:17.4 15677 an unfinished last line")
 """
 
