@@ -15,9 +15,7 @@ import logging
 import os
 import tempfile
 import textwrap
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import imageio.v3 as iio
 import mlflow
@@ -111,19 +109,9 @@ def _short(override: str) -> str:
         return f"{key}={value}"
 
 
-@contextmanager
-def without_artifact_progress_bars() -> Iterator[None]:
+def without_artifact_progress_bars():
     """No MLflow progress bar while downloading: one per small grid would end the sweep's output."""
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
-    was = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if was is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = was
+    return tracking.mlflow_settings({MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"})
 
 
 LEGEND_LABEL = 40  # longer labels (a search's) name the job in the legend and stand in full under its grid

@@ -165,12 +165,10 @@ CHECK_TIMEOUT = 15  # seconds the pre-flight check waits for a tracking server's
 
 
 @contextmanager
-def _fail_fast() -> Iterator[None]:
-    """One quick attempt instead of MLflow's retries (minutes against a dead server), for
-    the pre-flight check only: once training runs, the retries ride out a server restart."""
-    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT)}
-    saved = {name: os.environ.get(name) for name in fast}
-    os.environ.update(fast)
+def mlflow_settings(settings: dict[str, str]) -> Iterator[None]:
+    """MLflow's environment variables ``settings`` for the duration, then as they were."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
@@ -179,6 +177,12 @@ def _fail_fast() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _fail_fast():
+    """One quick attempt instead of MLflow's retries (minutes against a dead server), for
+    the pre-flight check only: once training runs, the retries ride out a server restart."""
+    return mlflow_settings({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT)})
 
 
 def _reason(exc: Exception) -> str:
