@@ -36,3 +36,15 @@ def test_harmless_native_lines_are_dropped_and_the_rest_passes_unchanged():
         "\rwriting train:  50%\rwriting train: 100%\nTraceback: from Python\n"
         "E0000 00:00:17.4 15677 an unfinished last line"
     )
+
+
+def test_tensorflow_is_imported_only_by_what_needs_it_and_then_silently():
+    importer = (
+        "import sys, dcgan.tracking_server, dcgan.project\n"
+        "assert 'tensorflow' not in sys.modules, 'the tracking server needs no TensorFlow'\n"
+        "import tensorflow\n"
+        "print(tensorflow.__loader__ is tensorflow.__spec__.loader, tensorflow.constant(2).numpy())\n"
+    )
+    env = {"PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "0"}  # its chatter shows unless silenced
+    result = subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True, cwd=REPO, env=env)
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "True 2\n")

@@ -1,5 +1,5 @@
 """Reproducible DCGAN training with TensorFlow/Keras, Hydra, DVC and MLflow."""
 
-from dcgan.native_log import import_tensorflow_quietly
+from dcgan.native_log import silence_tensorflow_import
 
-import_tensorflow_quietly()
+silence_tensorflow_import()
