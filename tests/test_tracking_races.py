@@ -17,7 +17,7 @@ from dcgan.files import CACHE_ENV
 
 def test_a_new_store_is_a_copy_of_the_cached_empty_one_with_its_own_default_experiment(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    for project in ("first", "second"):
+    for project in ("first", "second", "third"):
         (tmp_path / project).mkdir()
     monkeypatch.chdir(tmp_path / "first")
     tracking.check_store(f"sqlite:///{tmp_path / 'first/mlflow.db'}")
@@ -36,6 +36,14 @@ def test_a_new_store_is_a_copy_of_the_cached_empty_one_with_its_own_default_expe
     [default] = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'second/mlflow.db'}").search_experiments()
     assert (default.experiment_id, default.name) == ("0", "Default")
     assert default.artifact_location == str(tmp_path / "second/mlruns/0")
+
+    template.write_bytes(b"damaged by hand")  # made again, not copied
+    monkeypatch.chdir(tmp_path / "third")
+    tracking.check_store(f"sqlite:///{tmp_path / 'third/mlflow.db'}")
+    [default] = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'third/mlflow.db'}").search_experiments()
+    assert default.artifact_location == str(tmp_path / "third/mlruns/0")
+    with closing(sqlite3.connect(template)) as db:
+        assert db.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
 
 
 def test_a_lost_creation_race_is_retried_once_and_other_errors_are_not(tmp_path, monkeypatch):

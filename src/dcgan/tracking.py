@@ -83,13 +83,13 @@ def _start_from_empty_store(path: Path) -> None:
     """Replace the new, empty file ``path`` by a copy of MLflow's tables without an experiment,
     made once per MLflow version in the cache: MLflow would otherwise build them by running its
     schema migrations, seconds of CPU for every new project. MLflow adds the Default
-    experiment, located in this project, when it first opens the copy. Without a usable cache
-    MLflow builds the tables itself."""
+    experiment, located in this project, when it first opens the copy. A damaged cached copy is
+    made again; without a usable cache MLflow builds the tables itself."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # what MLflow opens SQLite stores with
 
     template = cache_dir() / f"mlflow-{metadata.version('mlflow')}-empty.db"
     try:
-        if not template.is_file():
+        if not _is_empty_store(template):
             template.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=template.parent) as folder:
                 made = Path(folder) / "mlflow.db"
@@ -100,6 +100,19 @@ def _start_from_empty_store(path: Path) -> None:
         atomic_write(path, lambda handle: handle.write(template.read_bytes()))
     except OSError as exc:
         log.debug("no copy of an empty MLflow store (%s): MLflow builds its tables", exc)
+
+
+def _is_empty_store(path: Path) -> bool:
+    """Whether ``path`` is an intact SQLite file with MLflow's tables and no experiment."""
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return (
+                db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+                and db.execute("SELECT COUNT(*) FROM alembic_version").fetchone() == (1,)
+                and db.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+            )
+    except sqlite3.Error:  # missing, not a database, or without those tables
+        return False
 
 
 # Where a project's own SQLite store records file locations: MLflow stores them absolute.
