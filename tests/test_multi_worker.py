@@ -5,12 +5,9 @@ on two logical CPUs."""
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +23,6 @@ from conftest import (
     free_port,
     last_line_error,
     mlflow_client,
-    needs_package,
     run_stage,
     subprocess_env,
 )
@@ -189,90 +185,6 @@ def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
     project = copy_of(prepared, tmp_path / "project")
     launch([sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"], project)
     assert_one_run_of_two_workers(project)
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive ports on 127.0.0.1 that are free now, below the
-    system's ephemeral range (where any outgoing connection may take one meanwhile)."""
-    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        first = random.randrange(10000, ephemeral - count)
-        try:
-            probes = [socket.create_server(("127.0.0.1", port)) for port in range(first, first + count)]
-        except OSError:
-            continue
-        for probe in probes:
-            probe.close()
-        return first
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> tuple[dict[str, str], range]:
-    """A SLURM cluster of this machine alone: munged, slurmctld and slurmd on 127.0.0.1 with
-    their state in a temp folder, for the module's tests; the environment srun needs, and the
-    ports SLURM reserves job steps from."""
-    programs = {"munged": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd", "srun": "slurm-client"}
-    for program, package in programs.items():
-        needs_package(package, shutil.which(program) is not None, "a one-machine SLURM cluster")
-    if os.getuid() != 0:
-        pytest.skip("slurmd starts its tasks as their user only when it runs as root")
-    folder = tmp_path_factory.mktemp("slurm")
-    (folder / "munge.key").write_bytes(os.urandom(128))
-    (folder / "munge.key").chmod(0o600)
-    for state in ("state", "spool"):
-        (folder / state).mkdir()
-    controller_port, node_port, first_step_port = free_port(), free_port(), free_ports(100)
-    step_ports = range(first_step_port, first_step_port + 100)
-    config = folder / "slurm.conf"
-    config.write_text(
-        f"""ClusterName=dcgantest
-SlurmctldHost=localhost(127.0.0.1)
-SlurmctldPort={controller_port}
-SlurmdPort={node_port}
-MpiParams=ports={step_ports[0]}-{step_ports[-1]}
-AuthType=auth/munge
-AuthInfo=socket={folder}/munge.sock
-CredType=cred/munge
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={folder}/state
-SlurmdSpoolDir={folder}/spool
-SlurmctldPidFile={folder}/slurmctld.pid
-SlurmdPidFile={folder}/slurmd.pid
-SlurmctldLogFile={folder}/slurmctld.log
-SlurmdLogFile={folder}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MpiDefault=none
-SwitchType=switch/none
-ReturnToService=2
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-"""
-    )
-    env = {**subprocess_env(), "SLURM_CONF": str(config)}
-    munge = (
-        f"munged --foreground --force --key-file={folder}/munge.key --socket={folder}/munge.sock "
-        f"--pid-file={folder}/munged.pid --seed-file={folder}/munge.seed --log-file={folder}/munged.log"
-    )
-    daemons = [
-        subprocess.Popen(command.split(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        for command in (munge, "slurmctld -D -i", "slurmd -D -N localhost")
-    ]
-    node_state = ["sinfo", "--noheader", "--format=%t"]
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(node_state, env=env, capture_output=True, text=True).stdout.strip() != "idle":
-            assert time.monotonic() < deadline, (folder / "slurmd.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield {"SLURM_CONF": str(config)}, step_ports
-    finally:
-        for daemon in reversed(daemons):
-            daemon.terminate()
-            daemon.wait(timeout=30)
 
 
 @pytest.mark.slow

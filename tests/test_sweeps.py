@@ -3,6 +3,7 @@ processes (submitit's local executor, the SLURM launcher's stand-in; a two-node 
 loopback), their share of the cores, and the MLflow parent run that groups them."""
 
 import os
+import subprocess
 
 import keras
 import optuna
@@ -154,6 +155,30 @@ def test_slurm_local_launcher_runs_each_job_in_its_own_process(tmp_path):
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     assert_two_jobs_in_one_store(tmp_path)
     assert len(list((tmp_path / "multirun").glob("*/*/.submitit/*/*_result.pkl"))) == 2
+
+
+@pytest.mark.slow
+def test_slurm_launcher_submits_each_job_to_a_slurm_cluster(slurm, tmp_path, monkeypatch):
+    """`hydra/launcher=slurm` as on a cluster's login node: submitit's `sbatch` jobs on the
+    one-machine SLURM cluster the fixture starts."""
+    for name, value in slurm[0].items():
+        monkeypatch.setenv(name, value)
+    run_stage("prepare", *TINY, "data.limit=128", cwd=tmp_path)
+    sweep = [
+        *TINY,
+        "data.limit=128",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",  # what the job's training is given (a sweep's share)
+        "hydra.launcher.mem_gb=1",
+        "optimizer=adam,rmsprop",
+    ]
+    run_stage("train", "-m", *sweep, cwd=tmp_path)
+    assert_two_jobs_in_one_store(tmp_path)
+    job_ids = [folder.name for folder in (tmp_path / "multirun").glob("*/*/.submitit/*") if folder.is_dir()]
+    assert len(job_ids) == 2
+    for job_id in job_ids:  # SLURM's own record of each job
+        record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
+        assert "JobState=COMPLETED" in record.stdout and "NumCPUs=1" in record.stdout, record.stdout
 
 
 @pytest.mark.slow

@@ -36,8 +36,8 @@ def _show_all() -> bool:
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """TensorFlow's first import, wherever it happens, with descriptor 2 pointed away while its
-    module runs. Installed instead of importing TensorFlow up front, so that commands which need
-    none of it (the tracking server's, a refused config) start in a fraction of a second."""
+    module runs. Installed instead of importing TensorFlow up front, so that a command which
+    needs none of it (the tracking server's) starts in a fraction of a second."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "tensorflow":
