@@ -3,6 +3,7 @@ processes (submitit's local executor, the SLURM launcher's stand-in; a two-node 
 loopback), their share of the cores, and the MLflow parent run that groups them."""
 
 import os
+import re
 import subprocess
 
 import keras
@@ -174,11 +175,11 @@ def test_slurm_launcher_submits_each_job_to_a_slurm_cluster(slurm, tmp_path, mon
     ]
     run_stage("train", "-m", *sweep, cwd=tmp_path)
     assert_two_jobs_in_one_store(tmp_path)
-    job_ids = [folder.name for folder in (tmp_path / "multirun").glob("*/*/.submitit/*") if folder.is_dir()]
-    assert len(job_ids) == 2
-    for job_id in job_ids:  # SLURM's own record of each job
-        record = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
-        assert "JobState=COMPLETED" in record.stdout and "NumCPUs=1" in record.stdout, record.stdout
+    [array] = {folder.name.split("_")[0] for folder in (tmp_path / "multirun").glob("*/*/.submitit/[0-9]*_*")}
+    record = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True, check=True).stdout
+    # SLURM's own record: one job array, a task per sweep job, each completed on one CPU
+    tasks = sorted(re.findall(r"ArrayTaskId=(\d+) .*?JobState=(\w+) .*?NumCPUs=(\d+)", record, re.S))
+    assert tasks == [("0", "COMPLETED", "1"), ("1", "COMPLETED", "1")], record
 
 
 @pytest.mark.slow
