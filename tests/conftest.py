@@ -1,5 +1,6 @@
 """Shared fixtures: the real dataset mirror, composed configs, a tiny prepared MNIST slice,
-a local HTTP server and a small archive laid out like TensorFlow's flower_photos.tgz."""
+a local HTTP server, a small archive laid out like TensorFlow's flower_photos.tgz and a SLURM
+cluster of this machine alone."""
 
 from __future__ import annotations
 
