@@ -63,13 +63,21 @@ def prepare(workdir: Path, overrides: list[str]) -> None:
 
 
 @contextmanager
+def ray_to_itself() -> Iterator[None]:
+    """This machine's Ray to the caller alone until it leaves: a loopback cluster's ``ray
+    stop`` ends every Ray process here, another's ``ray.init()`` of its own included."""
+    with open(Path(tempfile.gettempdir()) / "dcgan-loopback-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
 def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
     """A Ray cluster of ``nodes`` nodes on 127.0.0.1, each a separate ``ray start`` (the head
     first), stopped (``ray stop``: every Ray process of this machine) on exit; yields the
-    head's address for ``hydra.launcher.address``. One at a time per machine: a second
-    cluster waits for the first one's ``ray stop``, which would otherwise stop it too."""
-    with open(Path(tempfile.gettempdir()) / "dcgan-loopback-ray.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    head's address for ``hydra.launcher.address``. It waits for any other Ray of the suite's
+    or the benchmarks' to end first (``ray_to_itself``)."""
+    with ray_to_itself():
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]

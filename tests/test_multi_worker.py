@@ -26,6 +26,7 @@ from conftest import (
     run_stage,
     subprocess_env,
 )
+from sweeps import ray_to_itself
 
 # fp32 and one op thread per replica: the comparison with the one-process run is then one of
 # the all-reduce's summation order alone (with 2 threads, oneDNN's own sums differ too).
@@ -183,7 +184,10 @@ def test_a_cluster_that_cannot_work_fails_before_connecting(prepared, monkeypatc
 def test_a_training_on_a_ray_cluster_of_two_workers(prepared, tmp_path):
     """Ray Train places the workers on a Ray started on this machine and sets their TF_CONFIG."""
     project = copy_of(prepared, tmp_path / "project")
-    launch([sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"], project)
+    with ray_to_itself():  # not while another test's loopback cluster runs: its `ray stop` would end this Ray
+        launch(
+            [sys.executable, str(REPO / "src/train_on_ray.py"), "--workers", "2", *TINY_RUN, "train.epochs=2"], project
+        )
     assert_one_run_of_two_workers(project)
 
 
