@@ -3,12 +3,11 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.domain_classifier import train_classifier
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> object:
-    return run_stage(train_classifier, cfg)
+    return run_stage("dcgan.domain_classifier:train_classifier", cfg)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,11 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.data.prepare import prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> object:
-    return run_stage(lambda config: prepare(config.data, config.paths), cfg)
+    return run_stage("dcgan.data.prepare:prepare_stage", cfg)
 
 
 if __name__ == "__main__":

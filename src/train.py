@@ -3,12 +3,11 @@
 import hydra
 
 from dcgan.cli import launch, run_stage
-from dcgan.commands.train import train
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> object:
-    return run_stage(train, cfg)
+    return run_stage("dcgan.commands.train:train", cfg)
 
 
 if __name__ == "__main__":

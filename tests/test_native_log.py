@@ -38,13 +38,21 @@ def test_harmless_native_lines_are_dropped_and_the_rest_passes_unchanged():
     )
 
 
-def test_tensorflow_is_imported_only_by_what_needs_it_and_then_silently():
+def test_tensorflow_is_imported_only_by_what_needs_it_and_then_silently(tmp_path):
     importer = (
-        "import sys, dcgan.tracking_server, dcgan.project\n"
+        "import runpy, sys, dcgan.tracking_server, dcgan.project\n"
         "assert 'tensorflow' not in sys.modules, 'the tracking server needs no TensorFlow'\n"
+        f"sys.argv = ['src/train.py', 'train.batch_size=-3', 'hydra.run.dir={tmp_path}']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as refused:\n"
+        "    print(refused.code, [name for name in ('tensorflow', 'keras', 'mlflow') if name in sys.modules])\n"
         "import tensorflow\n"
         "print(tensorflow.__loader__ is tensorflow.__spec__.loader, tensorflow.constant(2).numpy())\n"
     )
     env = {"PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "0"}  # its chatter shows unless silenced
     result = subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True, cwd=REPO, env=env)
-    assert (result.returncode, result.stderr, result.stdout) == (0, "", "True 2\n")
+    assert result.returncode == 0
+    # A refused config is refused before TensorFlow's or MLflow's start-up (seconds each).
+    assert result.stderr == "error: config key train.batch_size: must be at least 1, got -3\n"
+    assert result.stdout == "1 []\nTrue 2\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import shutil
@@ -14,15 +15,16 @@ from typing import Callable, NoReturn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dcgan.config import OVERRIDES_TAG, Config, validate
 from dcgan.errors import Interrupted, UserError
-from dcgan.multi_worker import worker_without_outputs
 from dcgan.native_log import drop_harmless_lines, end_of_output
 from dcgan.project import enter_root
+from dcgan.worker_role import worker_without_outputs
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,22 @@ def _apply_hydra_context(config: Config) -> None:
         config.tracking.tags.setdefault("sweep_job", str(hydra.job.num))
 
 
+class MLflowSweepRun(Callback):
+    """A ``-m`` sweep as one MLflow parent run with a child run per job (``dcgan.sweeps``),
+    registered in conf/config.yaml. Hydra makes it for every run, so MLflow is imported only
+    once a sweep starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from dcgan import sweeps
+
+        sweeps.start_parent_run(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from dcgan import sweeps
+
+        sweeps.end_parent_run()
+
+
 class JobFailed(Exception):
     """A sweep job's one-line error, raised so the sweep records the job as failed and goes
     on (a search with its next trials); ``launch`` reports it if the sweep then stops."""
@@ -141,14 +159,17 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_stage(stage: Callable[[Config], object], cfg: DictConfig) -> object:
-    """Validate ``cfg`` and run ``stage``, returning its result (a sweep's job result); a
-    user error prints one line and exits 1 (in a sweep: fails the job), a stop signal exits
-    128 + its number once the checkpoint is written."""
+def run_stage(stage: str, cfg: DictConfig) -> object:
+    """Validate ``cfg`` and run ``stage`` ("module:function", a function of the config),
+    returning its result (a sweep's job result); a user error prints one line and exits 1
+    (in a sweep: fails the job), a stop signal exits 128 + its number once the checkpoint
+    is written. The stage's module is imported only once the config is valid: a refused
+    config costs no TensorFlow start-up."""
     try:
         config = validate(cfg)
         _apply_hydra_context(config)
-        return stage(config)
+        module, function = stage.split(":")
+        return getattr(importlib.import_module(module), function)(config)
     except UserError as exc:
         if _in_sweep():
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -26,8 +26,8 @@ from tensorflow.python.eager import context
 
 from dcgan.data.pipeline import check_shards_per_replica
 from dcgan.errors import UserError
+from dcgan.worker_role import TASK_TYPES, checked_tf_config, slurm_tasks, task_position
 
-TASK_TYPES = ("chief", "worker")  # in the order TensorFlow numbers their replicas
 HEARTBEAT_SECONDS = 10  # a worker silent this long is lost, and the others stop
 DOCS = "docs/distributed.md"
 
@@ -52,34 +52,6 @@ class Cluster:
         return ", ".join(address for i, address in enumerate(self.addresses) if i != self.index)
 
 
-def _task_position(spec: dict, task_type: str, task_index: int) -> int:
-    tasks = [(job, i) for job in TASK_TYPES for i in range(len(spec.get(job, [])))]
-    return tasks.index((task_type, task_index))
-
-
-def _checked_tf_config(text: str) -> tuple[dict, str, int]:
-    """TF_CONFIG's cluster and this task, or a one-line error naming what is wrong."""
-    try:
-        tf_config = json.loads(text)
-        spec, task = tf_config["cluster"], tf_config["task"]
-        task_type, task_index = task["type"], int(task["index"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(
-            f"TF_CONFIG: not a cluster and task ({type(exc).__name__}: {exc}); expected "
-            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
-        ) from None
-    unknown = sorted(set(spec) - set(TASK_TYPES))
-    if unknown or not isinstance(spec.get("worker", []), list):
-        raise UserError(f"TF_CONFIG: cluster jobs must be chief and worker (lists of host:port), got {sorted(spec)}")
-    if task_type not in TASK_TYPES or not 0 <= task_index < len(spec.get(task_type, [])):
-        raise UserError(f"TF_CONFIG: task {task_type} {task_index} is not in the cluster {spec}")
-    return spec, task_type, task_index
-
-
-def _slurm_tasks() -> int:
-    return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1)
-
-
 def _slurm_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
     """TensorFlow's resolver for this job step, on the ports SLURM reserved for it (srun
     --resv-ports, or MpiParams=ports in slurm.conf), else on TensorFlow's default 8888 up."""
@@ -90,7 +62,7 @@ def _slurm_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
     # Without NVIDIA GPUs: TensorFlow's resolver gives a task a port only with GPUs to pair it
     # with, so it lists the tasks with one notional GPU each, and the strategy gets the list alone.
     slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
-        port_base=port_base, gpus_per_node=_slurm_tasks(), gpus_per_task=1, auto_set_gpu=False
+        port_base=port_base, gpus_per_node=slurm_tasks(), gpus_per_task=1, auto_set_gpu=False
     )
     spec = slurm.cluster_spec()
     return tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -101,9 +73,9 @@ def _slurm_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
 def cluster_from_environment() -> Cluster:
     """The cluster this process belongs to: from TF_CONFIG, else from SLURM's job step."""
     if "TF_CONFIG" in os.environ:
-        spec, task_type, task_index = _checked_tf_config(os.environ["TF_CONFIG"])
+        spec, task_type, task_index = checked_tf_config(os.environ["TF_CONFIG"])
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    elif "SLURM_PROCID" in os.environ and _slurm_tasks() > 1:
+    elif "SLURM_PROCID" in os.environ and slurm_tasks() > 1:
         try:
             resolver = _slurm_resolver()
             spec = resolver.cluster_spec().as_dict()
@@ -116,19 +88,7 @@ def cluster_from_environment() -> Cluster:
             f"tasks (srun -n N); see {DOCS}"
         )
     addresses = tuple(spec[job][i] for job in TASK_TYPES for i in range(len(spec.get(job, []))))
-    return Cluster(resolver, addresses, _task_position(spec, task_type, task_index))
-
-
-def worker_without_outputs() -> bool:
-    """Whether the environment makes this process a worker other than the chief (it must
-    write nothing in the project folder, Hydra's run record included)."""
-    if "TF_CONFIG" in os.environ:
-        try:
-            spec, task_type, task_index = _checked_tf_config(os.environ["TF_CONFIG"])
-        except UserError:
-            return False  # reported once the training starts
-        return _task_position(spec, task_type, task_index) != 0
-    return _slurm_tasks() > 1 and int(os.environ.get("SLURM_PROCID", 0)) > 0
+    return Cluster(resolver, addresses, task_position(spec, task_type, task_index))
 
 
 def check_shards(prepared: Path, replicas: int) -> None:

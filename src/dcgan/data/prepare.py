@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from dcgan.config import DataConfig, PathsConfig, data_identity
+from dcgan.config import Config, DataConfig, PathsConfig, data_identity
 from dcgan.data import idx, image_folder, sources
 from dcgan.data.tfrecords import FORMAT_VERSION, MANIFEST, load_manifest, write_prepared
 from dcgan.errors import UserError
@@ -115,6 +115,11 @@ def prepare(data: DataConfig, paths: PathsConfig) -> dict:
     check_writable(prepared_dir)
     with locked(prepared_dir / data.name):
         return _prepare(data, Path(paths.raw_dir), prepared_dir / data.name)
+
+
+def prepare_stage(config: Config) -> dict:
+    """The prepare stage (``python src/prepare.py``): ``prepare`` with the config's data and paths."""
+    return prepare(config.data, config.paths)
 
 
 def _prepare(data: DataConfig, raw_dir: Path, target: Path) -> dict:
