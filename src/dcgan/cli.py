@@ -15,7 +15,6 @@ from typing import Callable, NoReturn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -132,22 +131,6 @@ def _apply_hydra_context(config: Config) -> None:
         config.paths.reports_dir = str(job_dir / "reports")
         config.tracking.tags.setdefault("sweep_dir", hydra.sweep.dir)
         config.tracking.tags.setdefault("sweep_job", str(hydra.job.num))
-
-
-class MLflowSweepRun(Callback):
-    """A ``-m`` sweep as one MLflow parent run with a child run per job (``dcgan.sweeps``),
-    registered in conf/config.yaml. Hydra makes it for every run, so MLflow is imported only
-    once a sweep starts."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from dcgan import sweeps
-
-        sweeps.start_parent_run(config)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from dcgan import sweeps
-
-        sweeps.end_parent_run()
 
 
 class JobFailed(Exception):

@@ -1,6 +1,6 @@
 """A Hydra multirun as one MLflow parent run, each job a child run under it.
 
-Driven by the Hydra callback ``dcgan.cli.MLflowSweepRun``. The parent run is created when the
+Driven by the Hydra callback ``dcgan.sweep_callback.MLflowSweepRun``. The parent run is created when the
 sweep starts (its overrides as params) and its id handed to the jobs through the
 environment, which parallel launchers' worker processes inherit; when the sweep ends it
 gets the best job's ``best_fid`` and overrides, a figure comparing the jobs
