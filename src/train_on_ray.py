@@ -3,12 +3,9 @@
 Train on a Ray cluster (or on a Ray started on this machine)."""
 
 import argparse
-import sys
 from pathlib import Path
 
-from dcgan import multi_worker
-from dcgan.errors import UserError
-from dcgan.project import enter_root
+from dcgan.cli import composed, launch
 
 
 def main() -> None:
@@ -18,12 +15,16 @@ def main() -> None:
     parser.add_argument("--address", help="the cluster's head, HOST:6379; default: a Ray on this machine")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for src/train.py (e.g. train.epochs=3)")
     args = parser.parse_args()
-    try:
-        root = enter_root(sys.argv[0])
+    overrides = [*args.overrides, "train.strategy=multi_worker", f"train.threads={args.cpus_per_worker}"]
+
+    def on_ray() -> None:
+        composed(overrides)  # a refused config is refused here, before Ray and TensorFlow start
+        from dcgan import multi_worker
+
         train_script = Path(__file__).resolve().parent / "train.py"
-        multi_worker.train_on_ray(train_script, root, args.overrides, args.workers, args.cpus_per_worker, args.address)
-    except UserError as exc:
-        sys.exit(f"error: {exc}")
+        multi_worker.train_on_ray(train_script, Path.cwd(), overrides, args.workers, args.cpus_per_worker, args.address)
+
+    launch(on_ray)
 
 
 if __name__ == "__main__":

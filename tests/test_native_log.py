@@ -38,21 +38,36 @@ def test_harmless_native_lines_are_dropped_and_the_rest_passes_unchanged():
     )
 
 
+# Runs the entry point sys.argv names; prints its exit code and which slow imports it made.
+REFUSED = (
+    "try:\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "except SystemExit as refused:\n"
+    "    print(refused.code, [name for name in ('tensorflow', 'keras', 'mlflow', 'ray') if name in sys.modules])\n"
+)
+ENV = {"PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "0"}  # TensorFlow's chatter shows unless silenced
+
+
 def test_tensorflow_is_imported_only_by_what_needs_it_and_then_silently(tmp_path):
     importer = (
         "import runpy, sys, dcgan.tracking_server, dcgan.project\n"
         "assert 'tensorflow' not in sys.modules, 'the tracking server needs no TensorFlow'\n"
         f"sys.argv = ['src/train.py', 'train.batch_size=-3', 'hydra.run.dir={tmp_path}']\n"
-        "try:\n"
-        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-        "except SystemExit as refused:\n"
-        "    print(refused.code, [name for name in ('tensorflow', 'keras', 'mlflow') if name in sys.modules])\n"
+        f"{REFUSED}"
         "import tensorflow\n"
         "print(tensorflow.__loader__ is tensorflow.__spec__.loader, tensorflow.constant(2).numpy())\n"
     )
-    env = {"PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "0"}  # its chatter shows unless silenced
-    result = subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True, cwd=REPO, env=env)
+    result = subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True, cwd=REPO, env=ENV)
     assert result.returncode == 0
     # A refused config is refused before TensorFlow's or MLflow's start-up (seconds each).
     assert result.stderr == "error: config key train.batch_size: must be at least 1, got -3\n"
     assert result.stdout == "1 []\nTrue 2\n"
+
+
+def test_a_refused_training_on_ray_starts_neither_ray_nor_tensorflow():
+    importer = "import runpy, sys\nsys.argv = ['src/train_on_ray.py', '--workers', '2', 'train.batch_size=-3']\n"
+    result = subprocess.run(
+        [sys.executable, "-c", importer + REFUSED], capture_output=True, text=True, cwd=REPO, env=ENV
+    )
+    assert result.stderr == "error: config key train.batch_size: must be at least 1, got -3\n"
+    assert result.stdout == "1 []\n"

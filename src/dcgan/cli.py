@@ -77,6 +77,15 @@ def launch(main: Callable[[], None]) -> None:
         _fail(f"error: {where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")
 
 
+def composed(overrides: list[str]) -> Config:
+    """The validated config ``src/train.py`` would run with ``overrides``, for an entry point
+    that starts other processes with them (Hydra's errors and refusals raised for ``launch``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
+        return validate(compose("config", overrides=[as_group_choice(item) for item in overrides]))
+
+
 def _run_record_outside_project() -> None:
     """A multi_worker training's other workers write nothing in the project folder: their
     Hydra run record goes to a temp folder, removed at exit."""

@@ -187,20 +187,15 @@ def train_on_ray(
 ) -> None:
     """One multi_worker training whose workers Ray Train places (its TensorflowTrainer sets
     each one's TF_CONFIG): on the cluster at ``address``, or on a Ray started on this machine.
-    Each worker runs the train stage's ``script`` in ``project``; both must be at those paths
-    on every node."""
+    Each worker runs the train stage's ``script`` with ``overrides`` (train.strategy=multi_worker
+    among them) in ``project``; both must be at those paths on every node."""
     import ray
     from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.tensorflow import TensorflowTrainer
 
     local = {} if address else {"object_store_memory": 100 * 2**20, "include_dashboard": False}
     ray.init(address=address, configure_logging=False, **local)
-    command = [
-        str(script),
-        *overrides,
-        "train.strategy=multi_worker",
-        f"train.threads={cpus_per_worker}",
-    ]
+    command = [str(script), *overrides]
     forwarded = {key: value for key, value in os.environ.items() if key.startswith(("DCGAN_", "MLFLOW_", "KERAS_HOME"))}
     trainer = TensorflowTrainer(
         _worker_on_ray,
