@@ -88,23 +88,39 @@ def test_killed_and_interrupted_runs_resume_to_identical_weights(tmp_path):
     assert [m.step for m in client.get_metric_history(run_id, "d_loss")] == [1, 2, 3]
 
 
-def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
-    # A learning rate this large sends the weights to infinity after the first step; a
+@pytest.mark.parametrize(
+    "huge, error, kept, grids",
+    [
+        # D's weights overflow in its first update: the next step's loss is NaN.
+        (
+            ["optimizer.discriminator.learning_rate=1e30"],
+            "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
+            "models/checkpoints/ckpt-000000001.npz is kept",
+            ["ckpt-000000001.npz", "generator_best-000000001.keras", "state.json"],
+            ["epoch_0001.png"],
+        ),
+        # G's too: the step's losses, computed before its update, are finite, its samples are not.
+        (
+            ["optimizer.discriminator.learning_rate=1e30", "optimizer.generator.learning_rate=1e30"],
+            "error: the generator's samples became non-finite in step 1; training stopped and no checkpoint "
+            "was written yet",
+            ["state.json"],
+            [],  # no grid of NaN pixels
+        ),
+    ],
+    ids=["loss", "samples"],
+)
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, huge, error, kept, grids):
+    # A learning rate this large sends the weights to infinity in the first step; a
     # checkpoint after every step shows which one is kept.
-    huge = ["optimizer.generator.learning_rate=1e30", "optimizer.discriminator.learning_rate=1e30"]
     result = run_stage(
         "train", *TINY, "data.limit=256", "train.iterations=8", "train.interval=1", *huge, cwd=tmp_path, check=False
     )
     assert last_line_error(result) == (
-        "error: d_loss became nan at step 2; training stopped and the last good checkpoint "
-        "models/checkpoints/ckpt-000000001.npz is kept; lower the learning rate, or rerun with "
-        "train.resume=never to start over"
+        f"{error}; lower the learning rate, or rerun with train.resume=never to start over"
     )
-    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == [
-        "ckpt-000000001.npz",
-        "generator_best-000000001.keras",
-        "state.json",
-    ]
+    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == kept
+    assert sorted(p.name for p in (tmp_path / "reports/samples").glob("*.png")) == grids
     assert mlflow_client(tmp_path).get_run(training_run_id(tmp_path)).info.status == "FAILED"
 
 

@@ -1,10 +1,12 @@
-"""Keras callbacks for a training run: throughput, sample grids, MLflow metrics, checkpoints.
+"""Keras callbacks for a training run: throughput, divergence, sample grids, MLflow metrics,
+checkpoints.
 
 An epoch here is Keras' ``steps_per_epoch`` steps between two checkpoints (a pass over the
 data, or ``train.interval`` steps: see ``dcgan.resume``). The callbacks run in the order
 ``fit`` is given them and share one ``logs`` dict per epoch, so ``Throughput`` adds
-``images_per_sec`` before the others read it, and ``Checkpointer`` (last) commits an epoch
-only after its grid and metrics are written.
+``images_per_sec`` before the others read it, ``DivergenceGuard`` stops a diverged epoch
+before anything of it is written, and ``Checkpointer`` (last) commits an epoch only after its
+grid and metrics are written.
 """
 
 from __future__ import annotations
@@ -68,6 +70,45 @@ class Throughput(keras.callbacks.Callback):
         self.overhead = 1.0 - sum(self.step_seconds[first:]) / wall
 
 
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first sign of divergence, keeping the last checkpoint: a
+    non-finite loss after any step, or, at an epoch's end, non-finite samples of ``noise``
+    (weights grown so large that the generator overflows while the step's losses, computed
+    before its update, were still finite): that epoch's grid, scores and checkpoint would
+    hold a generator that draws nothing."""
+
+    def __init__(self, checkpoints: CheckpointDir, state: RunState, noise: np.ndarray):
+        super().__init__()
+        self.checkpoints = checkpoints
+        self.state = state
+        self.noise = noise
+
+    def on_epoch_begin(self, epoch_index, logs=None):
+        self.step = self.state.step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        for key in ("d_loss", "g_loss"):
+            value = float(logs[key])
+            if not math.isfinite(value):
+                self._stop(f"{key} became {value} at step {self.step}")
+
+    def on_epoch_end(self, epoch_index, logs=None):
+        if not np.isfinite(self.model.sampler(self.noise, training=False)).all():
+            self._stop(f"the generator's samples became non-finite in step {self.step}")
+
+    def _stop(self, what: str):
+        kept = (
+            f"the last good checkpoint {self.checkpoints.folder / self.state.checkpoint} is kept"
+            if self.state.checkpoint
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"{what}; training stopped and {kept}; lower the learning rate, or rerun with train.resume=never to "
+            "start over"
+        )
+
+
 class SampleGrid(keras.callbacks.Callback):
     """After every epoch, render the same fixed noise into ``samples_dir/epoch_NNNN.png``
     (and to MLflow, unless the run logged that epoch before: ``logged_epochs``)."""
@@ -129,8 +170,8 @@ class MLflowMetrics(keras.callbacks.Callback):
 class Checkpointer(keras.callbacks.Callback):
     """Commit each finished epoch into the checkpoint folder (its history row, the generator
     if its FID is the best so far, then the checkpoint and the record naming both), and
-    check every step: a non-finite loss stops training before anything is saved; a stop
-    signal saves a checkpoint of the step just finished and stops.
+    check every step for a stop signal: it saves a checkpoint of the step just finished and
+    stops.
 
     ``resumed_metrics``: the loss trackers' totals saved mid-epoch, restored when the epoch
     restarts (after Keras has reset them), so its logged means cover all of its steps.
@@ -160,18 +201,6 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.epoch_start + batch + 1
-        for key in ("d_loss", "g_loss"):
-            value = float(logs[key])
-            if not math.isfinite(value):
-                kept = (
-                    f"the last good checkpoint {self.checkpoints.folder / self.state.checkpoint} is kept"
-                    if self.state.checkpoint
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingDiverged(
-                    f"{key} became {value} at step {step}; training stopped and {kept}; "
-                    "lower the learning rate, or rerun with train.resume=never to start over"
-                )
         if self.stop.received is not None and step < self.epoch_end:  # at the end, the epoch commits first
             self.state.step = step
             self.checkpoints.save(self.model.state_variables(), self.state)

@@ -19,7 +19,15 @@ import numpy as np
 import tensorflow as tf
 
 from dcgan import models, multi_worker, quality, resume, search, tracking, viz
-from dcgan.callbacks import HISTORY_KEYS, Checkpointer, MLflowMetrics, QualityMonitor, SampleGrid, Throughput
+from dcgan.callbacks import (
+    HISTORY_KEYS,
+    Checkpointer,
+    DivergenceGuard,
+    MLflowMetrics,
+    QualityMonitor,
+    SampleGrid,
+    Throughput,
+)
 from dcgan.checkpoints import CheckpointDir, RunState, assign_locally, local_values
 from dcgan.config import PRECISIONS, Config, OptimizerConfig, to_dict
 from dcgan.data.pipeline import training_dataset
@@ -220,6 +228,7 @@ def _train(
         logged = tracking.logged_epochs(run.info.run_id)
         callbacks = [
             throughput,
+            DivergenceGuard(checkpoints, state, grid_noise),
             SampleGrid(grid_noise, config.train.sample_grid, manifest, out.samples, logged),
             *([QualityMonitor(scorer, scoring_noise, config.metrics.every, schedule.epochs)] if scorer else []),
             MLflowMetrics(logged),
