@@ -72,13 +72,10 @@ def all_reduced_bytes(batch_size: int) -> list[tuple[str, int, int]]:
     """(network, gradient bytes, synced-statistics bytes) all-reduced per step: trainable
     weights' gradients, and non-trainable variables averaged on every write (batch norm's
     moving statistics)."""
-    from hydra import compose, initialize_config_dir
-
+    from dcgan.cli import composed
     from dcgan.commands.train import build_gan
-    from dcgan.config import validate
 
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        config = validate(compose("config", overrides=[f"train.batch_size={batch_size}", "train.precision=fp32"]))
+    config = composed([f"train.batch_size={batch_size}", "train.precision=fp32"])
     gan = build_gan(config, {"image_shape": [28, 28, 1], "normalization": {"range": [-1.0, 1.0]}}, total_steps=10)
     rows = []
     for network in (gan.generator, gan.discriminator):

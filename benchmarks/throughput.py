@@ -42,13 +42,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from hydra import compose, initialize_config_dir
 from tensorflow.python.framework import ops as tf_ops
 
 from dcgan import models
 from dcgan.callbacks import Throughput
+from dcgan.cli import composed
 from dcgan.commands.train import build_gan, train
-from dcgan.config import Config, validate
+from dcgan.config import Config
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.data.prepare import prepared_dataset
 from dcgan.errors import TrainingDiverged
@@ -60,8 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def configure(workdir: Path, overrides: list[str]) -> Config:
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        config = validate(compose("config", overrides=overrides))
+    config = composed(overrides)
     # The project's prepared data and classifier cache (made by `dvc repro` or on first
     # use); the timed runs' models, reports and MLflow store go to a temp folder.
     for key in ("raw_dir", "prepared_dir", "classifier_dir"):
