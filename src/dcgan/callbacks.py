@@ -84,10 +84,10 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.noise = noise
 
     def on_epoch_begin(self, epoch_index, logs=None):
-        self.step = self.state.step
+        self.epoch_start = self.state.step
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        self.step = self.epoch_start + batch + 1  # as Checkpointer counts: a resumed epoch starts mid-way
         for key in ("d_loss", "g_loss"):
             value = float(logs[key])
             if not math.isfinite(value):
