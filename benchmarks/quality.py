@@ -10,7 +10,8 @@ generator would score; as many as the test split has, if fewer), uniform noise, 
 the training images of one class, class 3 (a mode-collapsed "generator"). ``tutorial``:
 trains the TensorFlow DCGAN tutorial's loop as published (its networks, Adam(1e-4), fp32,
 ``from_tensor_slices(...).shuffle().batch()``) for the given number of epochs, printing FID
-on 2,000 samples after every epoch and all metrics on 10,000 at the end. ``precision``:
+on 2,000 samples after every epoch and all metrics on 10,000 at the end (``--metrics``
+writes them and the curve as JSON, ``--grid`` an 8x8 sample grid). ``precision``:
 the product's default training for the given number of epochs, once in fp32 and once
 with ``train.precision=auto``, same seed and data order, printing both runs' losses, D
 outputs and FID (2,000 samples) after every epoch side by side: the fast path must train
@@ -36,6 +37,7 @@ from dcgan.commands.train import train
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import to_uint8
+from dcgan.files import write_json
 
 COUNT = 10000
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("what", choices=["floor", "tutorial", "precision"])
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--grid", type=Path, help="save an 8x8 grid of the tutorial loop's samples here")
+    parser.add_argument(
+        "--metrics", type=Path, help="write the tutorial loop's scores and per-epoch curve here (JSON, as metrics.json)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.limit=2048")
     args = parser.parse_intermixed_args()  # overrides may follow --epochs
     if args.what == "precision":
@@ -77,9 +82,13 @@ def main() -> None:
 
     progress = quality.Scorer(space, config.metrics, prepared, manifest, 2000)  # as in training: 2,000 vs 2,000
     noise = np.random.default_rng(0).standard_normal((COUNT, config.model.latent_dim)).astype(np.float32)
-    generator, _ = tutorial_curve(config, manifest, train_images, progress, noise[:2000], epochs=args.epochs)
+    generator, curve = tutorial_curve(config, manifest, train_images, progress, noise[:2000], epochs=args.epochs)
     samples = quality.samples_of(generator, noise)
-    show(f"tutorial loop, {args.epochs} epochs", scorer.score(samples))
+    scores = scorer.score(samples)
+    show(f"tutorial loop, {args.epochs} epochs", scores)
+    if args.metrics:
+        history = [{"epoch": epoch, "training_seconds": round(seconds, 1), "fid": fid} for epoch, seconds, fid in curve]
+        write_json(args.metrics, {**scores, "num_samples": COUNT, "history": history})
     if args.grid:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
 

@@ -92,6 +92,17 @@ def test_floor_scores_real_noise_and_one_class(tmp_path):
     assert one_class["modes_covered"] < real["modes_covered"]
 
 
+def test_tutorial_loop_writes_its_scores_and_curve(tmp_path):
+    files = ("--metrics", str(tmp_path / "tutorial.json"), "--grid", str(tmp_path / "grid.png"))
+    out = run_benchmark(tmp_path, "quality.py", "tutorial", "--epochs", "2", *files)
+    printed = json.loads(re.search(r"^tutorial loop, 2 epochs +(\{.*\})$", out, re.MULTILINE).group(1))
+    written = json.loads((tmp_path / "tutorial.json").read_text())
+    assert {key: round(written[key], 4) for key in printed} == printed
+    assert [row["epoch"] for row in written["history"]] == [1, 2]
+    assert written["history"][0]["training_seconds"] <= written["history"][1]["training_seconds"]
+    assert min(iio.imread(tmp_path / "grid.png").shape[:2]) >= 8 * 28 * 3  # 8 x 8 samples, upscaled 3x
+
+
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
     out = run_benchmark(
         tmp_path,
