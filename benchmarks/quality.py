@@ -87,8 +87,8 @@ def main() -> None:
     scores = scorer.score(samples)
     show(f"tutorial loop, {args.epochs} epochs", scores)
     if args.metrics:
-        history = [{"epoch": epoch, "training_seconds": round(seconds, 1), "fid": fid} for epoch, seconds, fid in curve]
-        write_json(args.metrics, {**scores, "num_samples": COUNT, "history": history})
+        per_epoch = [{"epoch": epoch, "training_seconds": round(sec, 1), "fid": fid} for epoch, sec, fid in curve]
+        write_json(args.metrics, {**scores, "num_samples": COUNT, "history": per_epoch})
     if args.grid:
         viz.save_png(args.grid, viz.upscale(viz.grid(to_uint8(samples[:64], manifest), 8), 3))
 
