@@ -37,7 +37,8 @@ from dcgan.commands.train import train
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import to_uint8
-from dcgan.files import write_json
+from dcgan.errors import UserError
+from dcgan.files import check_writable, write_json
 
 COUNT = 10000
 
@@ -56,6 +57,10 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.limit=2048")
     args = parser.parse_intermixed_args()  # overrides may follow --epochs
+    try:  # before the training, not after it
+        check_writable(*(path.parent for path in (args.metrics, args.grid) if path))
+    except UserError as exc:
+        parser.error(str(exc))
     if args.what == "precision":
         compare_precisions(args.epochs, args.overrides)
         return

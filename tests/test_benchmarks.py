@@ -103,6 +103,18 @@ def test_tutorial_loop_writes_its_scores_and_curve(tmp_path):
     assert min(iio.imread(tmp_path / "grid.png").shape[:2]) >= 8 * 28 * 3  # 8 x 8 samples, upscaled 3x
 
 
+def test_tutorial_loop_refuses_an_unwritable_output_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/quality.py"), "tutorial", "--metrics", str(tmp_path / "file/m.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"quality.py: error: {tmp_path / 'file'}: output folder")
+
+
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
     out = run_benchmark(
         tmp_path,
