@@ -33,11 +33,11 @@ import tensorflow as tf
 from throughput import REPO, configure, history, tutorial_step
 
 from dcgan import quality, viz
+from dcgan.cli import user_errors_in_one_line
 from dcgan.commands.train import train
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
 from dcgan.data.tfrecords import to_uint8
-from dcgan.errors import UserError
 from dcgan.files import check_writable, write_json
 
 COUNT = 10000
@@ -57,10 +57,7 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. data.limit=2048")
     args = parser.parse_intermixed_args()  # overrides may follow --epochs
-    try:  # before the training, not after it
-        check_writable(*(path.parent for path in (args.metrics, args.grid) if path))
-    except UserError as exc:
-        parser.error(str(exc))
+    check_writable(*(path.parent for path in (args.metrics, args.grid) if path))  # before the training
     if args.what == "precision":
         compare_precisions(args.epochs, args.overrides)
         return
@@ -157,4 +154,5 @@ def compare_precisions(epochs: int, overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_in_one_line():
+        main()

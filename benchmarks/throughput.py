@@ -46,7 +46,7 @@ from tensorflow.python.framework import ops as tf_ops
 
 from dcgan import models
 from dcgan.callbacks import Throughput
-from dcgan.cli import composed
+from dcgan.cli import composed, user_errors_in_one_line
 from dcgan.commands.train import build_gan, train
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images, training_dataset
@@ -293,7 +293,17 @@ def main() -> None:
     parser.add_argument("--skip-rgb", action="store_true", help="only the 28px tutorial architecture")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every setup, e.g. data.limit=2048")
     args = parser.parse_args()
+    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
+    if not args.skip_rgb:
+        setups.append(
+            ("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4)
+        )
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
+    # Each setup's config composed (a mistake refused) before any measurement.
+    configs = [
+        configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
+        for _, overrides, batch, _ in setups
+    ]
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: "
         f"{len(tf.config.list_physical_devices('CPU'))} device(s), "
@@ -308,14 +318,8 @@ def main() -> None:
     chosen = resolve_precision("auto")
     print(f"train.precision=auto: {chosen.describe()} (cache: {cache_file()})", flush=True)
 
-    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
-    if not args.skip_rgb:
-        setups.append(
-            ("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4)
-        )
     summary = {}
-    for title, overrides, batch, steps in setups:
-        config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
+    for (title, overrides, batch, steps), config in zip(setups, configs):
         prepared, manifest = prepared_dataset(config.data, config.paths)
         # The setup's own cadence, before the timed runs set theirs.
         epoch_steps = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
@@ -407,4 +411,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_in_one_line():
+        main()

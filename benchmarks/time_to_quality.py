@@ -43,9 +43,11 @@ from quality import tutorial_curve
 from throughput import REPO, configure
 
 from dcgan import quality, viz
+from dcgan.cli import composed, user_errors_in_one_line
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
+from dcgan.files import check_writable
 from dcgan.precision import resolve_precision
 
 
@@ -116,6 +118,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="a PNG of every run's FID against its training minutes")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. train.epochs=3")
     args = parser.parse_intermixed_args()
+    # Refused now, not after the runs before them have trained.
+    check_writable(*([args.plot.parent] if args.plot else []))
+    for _, overrides in args.recipe:
+        composed([*args.overrides, *overrides])
     workdir = as_project(Path(tempfile.mkdtemp(prefix="dcgan-ttq-")))
 
     config = configure(workdir, [*args.overrides, f"metrics.train_samples={args.samples}"])
@@ -165,4 +171,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_in_one_line():
+        main()

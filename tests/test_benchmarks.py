@@ -103,16 +103,31 @@ def test_tutorial_loop_writes_its_scores_and_curve(tmp_path):
     assert min(iio.imread(tmp_path / "grid.png").shape[:2]) >= 8 * 28 * 3  # 8 x 8 samples, upscaled 3x
 
 
-def test_tutorial_loop_refuses_an_unwritable_output_before_training(tmp_path):
+@pytest.mark.parametrize(
+    ("script", "args", "error"),
+    [
+        ("quality.py", ["tutorial", "--metrics", "{tmp}/file/m.json"], "{tmp}/file: output folder is not writable"),
+        ("time_to_quality.py", ["--plot", "{tmp}/file/curves.png"], "{tmp}/file: output folder is not writable"),
+        ("time_to_quality.py", ["--recipe", "big=train.batch_size=-1"], "config key train.batch_size: must be at"),
+        ("throughput.py", ["train.batch_size=-1"], "config key train.batch_size: must be at least 1"),
+    ],
+)
+def test_benchmark_refuses_a_mistake_in_one_line_before_any_work(tmp_path, script, args, error):
     (tmp_path / "file").write_text("")
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/quality.py"), "tutorial", "--metrics", str(tmp_path / "file/m.json")],
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / script),
+            *(arg.format(tmp=tmp_path) for arg in args),
+            f"paths.prepared_dir={tmp_path}/prepared",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"quality.py: error: {tmp_path / 'file'}: output folder")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {error.format(tmp=tmp_path)}")
+    assert not (tmp_path / "prepared").exists()  # refused before the data was prepared
 
 
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):

@@ -9,8 +9,9 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -62,9 +63,18 @@ def launch(main: Callable[[], None]) -> None:
     sys.argv[1:] = map(as_group_choice, sys.argv[1:])
     if worker_without_outputs():
         _run_record_outside_project()
-    try:
+    with user_errors_in_one_line():
         enter_root(sys.argv[0])
         main()
+
+
+@contextmanager
+def user_errors_in_one_line() -> Iterator[None]:
+    """A user's mistake raised inside (a refused value, a config option Hydra cannot find, a
+    config file that is not YAML, a failed sweep job) as one ``error: ...`` line on stderr and
+    exit code 1, not a traceback: for the entry points and the benchmark scripts."""
+    try:
+        yield
     except UserError as exc:
         _fail(f"error: {exc}")
     except JobFailed as exc:
