@@ -111,6 +111,12 @@ def test_resize_to_32(tmp_path):
     assert abs(tfrecords.to_uint8(images, manifest).mean() - original.mean()) < 3
 
 
+def test_prepare_draws_no_progress_bar_off_a_terminal(tmp_path, capsys):
+    config = compose_config(TINY + ["data.limit=16"], tmp_path)
+    prepare(config.data, config.paths)
+    assert "writing train" not in capsys.readouterr().err  # a log or CI gets its log lines only
+
+
 def test_interrupted_prepare_leaves_previous_dataset_intact(tmp_path, monkeypatch):
     config = compose_config(TINY + ["data.limit=8"], tmp_path)
     prepare(config.data, config.paths)

@@ -59,7 +59,7 @@ def _write_split(
     per_shard = [0] * shards
     count = 0
     try:
-        for image, label in tqdm(examples, total=expected, desc=f"writing {split}", unit="img"):
+        for image, label in tqdm(examples, total=expected, desc=f"writing {split}", unit="img", disable=None):
             record = _example(image, label)
             content.update(record)
             writers[count % shards].write(record)
