@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     # Refused now, not after the runs before them have trained.
     check_writable(*([args.plot.parent] if args.plot else []))
-    for _, overrides in args.recipe:
+    for overrides in [[], *(overrides for _, overrides in args.recipe)]:
         composed([*args.overrides, *overrides])
     workdir = as_project(Path(tempfile.mkdtemp(prefix="dcgan-ttq-")))
 
