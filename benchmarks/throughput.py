@@ -293,17 +293,18 @@ def main() -> None:
     parser.add_argument("--skip-rgb", action="store_true", help="only the 28px tutorial architecture")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every setup, e.g. data.limit=2048")
     args = parser.parse_args()
-    setups = [("28px tutorial model (data=mnist model=dcgan_mnist)", ["model=dcgan_mnist"], 256, args.steps)]
+    wanted = [("28px tutorial model (data=mnist model=dcgan_mnist)", "model=dcgan_mnist", 256, args.steps)]
     if not args.skip_rgb:
-        setups.append(
-            ("128px RGB model (experiment=faces128_rmsprop)", ["experiment=faces128_rmsprop"], 16, args.steps * 4)
+        wanted.append(
+            ("128px RGB model (experiment=faces128_rmsprop)", "experiment=faces128_rmsprop", 16, args.steps * 4)
         )
+    setups = [
+        (title, [choice, f"train.batch_size={batch}", *args.overrides], batch, steps)
+        for title, choice, batch, steps in wanted
+    ]
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
     # Each setup's config composed (a mistake refused) before any measurement.
-    configs = [
-        configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
-        for _, overrides, batch, _ in setups
-    ]
+    configs = [configure(workdir, overrides) for _, overrides, _, _ in setups]
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: "
         f"{len(tf.config.list_physical_devices('CPU'))} device(s), "
@@ -378,7 +379,7 @@ def main() -> None:
             f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input"
         )
         # What the product's step does that the tutorial's does not: the lazy R1 penalty and the weight EMA.
-        plain_config = configure(workdir, overrides + [f"train.batch_size={batch}", *args.overrides])
+        plain_config = configure(workdir, overrides)
         plain_config.train.r1_gamma, plain_config.train.ema_decay = 0.0, 0.0
         plain = compute_only(plain_config, manifest, images, batch, steps, "auto", None)[0]
         print(f"    the same step without R1 and EMA {plain:.1f} img/s: they cost {1 - compute / plain:.1%} of it")
