@@ -51,7 +51,7 @@ from dcgan.commands.train import build_gan, train
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.data.prepare import prepared_dataset
-from dcgan.errors import TrainingDiverged
+from dcgan.errors import TrainingDiverged, UserError
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.precision import cache_file, resolve_precision
 from dcgan.resume import Schedule
@@ -304,7 +304,11 @@ def main() -> None:
     ]
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
     # Each setup's config composed (a mistake refused) before any measurement.
-    configs = [configure(workdir, overrides) for _, overrides, _, _ in setups]
+    try:
+        configs = [configure(workdir, overrides) for _, overrides, _, _ in setups]
+    except UserError:
+        workdir.rmdir()  # still empty: nothing of a refused run is left behind
+        raise
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: "
         f"{len(tf.config.list_physical_devices('CPU'))} device(s), "

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end (tiny settings) and print what docs/ quotes."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_tutorial_loop_writes_its_scores_and_curve(tmp_path):
 )
 def test_benchmark_refuses_a_mistake_in_one_line_before_any_work(tmp_path, script, args, error):
     (tmp_path / "file").write_text("")
+    (tmp_path / "tmp").mkdir()
     result = subprocess.run(
         [
             sys.executable,
@@ -124,10 +126,12 @@ def test_benchmark_refuses_a_mistake_in_one_line_before_any_work(tmp_path, scrip
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {error.format(tmp=tmp_path)}")
-    assert not (tmp_path / "prepared").exists()  # refused before the data was prepared
+    # Refused before the data was prepared, and no work folder is left behind.
+    assert not (tmp_path / "prepared").exists() and not list((tmp_path / "tmp").iterdir())
 
 
 def test_time_to_quality_runs_both_for_the_same_minutes(tmp_path):
