@@ -106,6 +106,7 @@ def test_params_yaml_is_the_composed_conf():
         ("train.r1_interval=0", "config key train.r1_interval: must be at least 1, got 0"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),
         ("model.latent_dim=0", "config key model.latent_dim: must be at least 1"),
+        ("model.g_filters=0", "config key model.g_filters: must be at least 1, got 0"),
         # Each architecture has only the keys it reads.
         ("+model.max_filters=256", "config key model.max_filters: architecture dcgan_mnist has no such setting (its"),
         ("+model.dropout=0.3 model=dcgan", "config key model.dropout: architecture dcgan has no such setting (its"),

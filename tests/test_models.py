@@ -34,6 +34,8 @@ def test_tutorial_architecture_matches_published_counts():
     assert discriminator.count_params() == 212_865
     # One more block: + a 5x5 128->256 convolution (819,456), and the Dense sees 4x4x256.
     assert models.build(tutorial_model(d_blocks=3), (28, 28, 1), [-1.0, 1.0])[1].count_params() == 1_030_145
+    # G's three widths scale with g_filters g: 250 g^2 + 20,421 g parameters (g = 96: 1.5x as wide).
+    assert models.build(tutorial_model(g_filters=96), (28, 28, 1), [-1.0, 1.0])[0].count_params() == 4_264_416
     noise = np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)
     images = np.asarray(generator(noise, training=False))
     assert images.shape == (3, 28, 28, 1)

@@ -14,12 +14,14 @@ from dcgan.models.layers import FastDropout, FusedBatchNormalization
 
 @dataclass
 class Settings(DropoutModelConfig):
-    """The tutorial's networks with a configurable depth of D."""
+    """The tutorial's networks with a configurable width of G and depth of D."""
 
+    g_filters: int = MISSING  # G's last hidden width, 2x and 4x before it (64 as in the TF tutorial)
     d_blocks: int = MISSING  # strided convolutions in D (2 as in the TF tutorial)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.g_filters >= 1, "model.g_filters", f"must be at least 1, got {self.g_filters}")
         require(self.d_blocks >= 1, "model.d_blocks", f"must be at least 1, got {self.d_blocks}")
 
 
@@ -28,19 +30,21 @@ def check(image_shape: tuple[int, int, int]) -> str | None:
 
 
 def build_generator(model: Settings, image_shape: tuple[int, int, int], output_activation: str) -> keras.Model:
-    """Dense 7x7x256 -> 7x7x128 -> 14x14x64 -> 28x28x1: 2,330,944 parameters at latent 100."""
+    """Dense 7x7x4g -> 7x7x2g -> 14x14xg -> 28x28x1 for g = ``model.g_filters``. As published
+    (g = 64): 7x7x256 -> 7x7x128 -> 14x14x64, 2,330,944 parameters at latent 100."""
     slope = model.leaky_slope
+    width = model.g_filters
     return keras.Sequential(
         [
             keras.Input((model.latent_dim,)),
-            layers.Dense(7 * 7 * 256, use_bias=False),
+            layers.Dense(7 * 7 * width * 4, use_bias=False),
             FusedBatchNormalization(),
             layers.LeakyReLU(slope),
-            layers.Reshape((7, 7, 256)),
-            layers.Conv2DTranspose(128, 5, strides=1, padding="same", use_bias=False),
+            layers.Reshape((7, 7, width * 4)),
+            layers.Conv2DTranspose(width * 2, 5, strides=1, padding="same", use_bias=False),
             FusedBatchNormalization(),
             layers.LeakyReLU(slope),
-            layers.Conv2DTranspose(64, 5, strides=2, padding="same", use_bias=False),
+            layers.Conv2DTranspose(width, 5, strides=2, padding="same", use_bias=False),
             FusedBatchNormalization(),
             layers.LeakyReLU(slope),
             # float32 output keeps the image range exact under mixed precision.
