@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import logging
 import os
 import statistics
@@ -51,7 +52,7 @@ from dcgan.commands.train import build_gan, train
 from dcgan.config import Config
 from dcgan.data.pipeline import load_images, training_dataset
 from dcgan.data.prepare import prepared_dataset
-from dcgan.errors import TrainingDiverged, UserError
+from dcgan.errors import TrainingDiverged
 from dcgan.models.layers import FusedBatchNormalization, standard_copy
 from dcgan.precision import cache_file, resolve_precision
 from dcgan.resume import Schedule
@@ -59,8 +60,9 @@ from dcgan.resume import Schedule
 REPO = Path(__file__).resolve().parents[1]
 
 
-def configure(workdir: Path, overrides: list[str]) -> Config:
-    config = composed(overrides)
+def configure(workdir: Path, setup: Config) -> Config:
+    """A fresh copy of a setup's composed config for one timed run (the runs change theirs)."""
+    config = copy.deepcopy(setup)
     # The project's prepared data and classifier cache (made by `dvc repro` or on first
     # use); the timed runs' models, reports and MLflow store go to a temp folder.
     for key in ("raw_dir", "prepared_dir", "classifier_dir"):
@@ -298,17 +300,12 @@ def main() -> None:
         wanted.append(
             ("128px RGB model (experiment=faces128_rmsprop)", "experiment=faces128_rmsprop", 16, args.steps * 4)
         )
+    # Each setup's config composed (a mistake refused) before any work folder or measurement.
     setups = [
-        (title, [choice, f"train.batch_size={batch}", *args.overrides], batch, steps)
+        (title, composed([choice, f"train.batch_size={batch}", *args.overrides]), batch, steps)
         for title, choice, batch, steps in wanted
     ]
     workdir = Path(tempfile.mkdtemp(prefix="dcgan-bench-"))
-    # Each setup's config composed (a mistake refused) before any measurement.
-    try:
-        configs = [configure(workdir, overrides) for _, overrides, _, _ in setups]
-    except UserError:
-        workdir.rmdir()  # still empty: nothing of a refused run is left behind
-        raise
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, CPUs: "
         f"{len(tf.config.list_physical_devices('CPU'))} device(s), "
@@ -324,7 +321,8 @@ def main() -> None:
     print(f"train.precision=auto: {chosen.describe()} (cache: {cache_file()})", flush=True)
 
     summary = {}
-    for (title, overrides, batch, steps), config in zip(setups, configs):
+    for title, setup, batch, steps in setups:
+        config = configure(workdir, setup)
         prepared, manifest = prepared_dataset(config.data, config.paths)
         # The setup's own cadence, before the timed runs set theirs.
         epoch_steps = Schedule.of(config.train, manifest["splits"]["train"]["count"], prepared).steps_per_epoch
@@ -383,7 +381,7 @@ def main() -> None:
             f"step without any input pipeline {compute:.1f} img/s -> {waiting:.1%} of a step waiting for input"
         )
         # What the product's step does that the tutorial's does not: the lazy R1 penalty and the weight EMA.
-        plain_config = configure(workdir, overrides)
+        plain_config = configure(workdir, setup)
         plain_config.train.r1_gamma, plain_config.train.ema_decay = 0.0, 0.0
         plain = compute_only(plain_config, manifest, images, batch, steps, "auto", None)[0]
         print(f"    the same step without R1 and EMA {plain:.1f} img/s: they cost {1 - compute / plain:.1%} of it")
