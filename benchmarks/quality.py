@@ -33,7 +33,7 @@ import tensorflow as tf
 from throughput import REPO, configure, history, tutorial_step
 
 from dcgan import quality, viz
-from dcgan.cli import user_errors_in_one_line
+from dcgan.cli import composed, user_errors_in_one_line
 from dcgan.commands.train import train
 from dcgan.data.pipeline import load_images
 from dcgan.data.prepare import prepared_dataset
@@ -61,7 +61,7 @@ def main() -> None:
     if args.what == "precision":
         compare_precisions(args.epochs, args.overrides)
         return
-    config = configure(REPO, ["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
+    config = configure(REPO, composed(["model=dcgan_mnist", *args.overrides]))  # the tutorial's own networks
     prepared, manifest = prepared_dataset(config.data, config.paths)
     space = quality.feature_space(config.metrics, config.paths.classifier_dir, prepared, manifest)
     print(f"domain classifier test accuracy: {space.accuracy:.4f}")
@@ -132,11 +132,15 @@ def compare_precisions(epochs: int, overrides: list[str]) -> None:
     """The default training in fp32 and with precision=auto, per-epoch figures side by side."""
     columns = ("d_loss", "g_loss", "d_real", "d_fake", "fid", "recall")
     histories = {}
-    workdir = Path(tempfile.mkdtemp(prefix="dcgan-precision-"))
-    for precision in ("fp32", "auto"):
-        config = configure(
-            workdir, [f"train.epochs={epochs}", f"train.precision={precision}", "train.resume=never", *overrides]
+    setups = {
+        precision: composed(
+            [f"train.epochs={epochs}", f"train.precision={precision}", "train.resume=never", *overrides]
         )
+        for precision in ("fp32", "auto")
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="dcgan-precision-"))
+    for precision, setup in setups.items():
+        config = configure(workdir, setup)
         config.paths.models_dir, config.paths.reports_dir = (
             str(workdir / f"models-{precision}"),
             str(workdir / f"reports-{precision}"),

@@ -120,11 +120,13 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     # Refused now, not after the runs before them have trained.
     check_writable(*([args.plot.parent] if args.plot else []))
-    for overrides in [[], *(overrides for _, overrides in args.recipe)]:
+    setup = composed([*args.overrides, f"metrics.train_samples={args.samples}"])
+    tutorial_setup = composed(["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
+    for _, overrides in args.recipe:
         composed([*args.overrides, *overrides])
     workdir = as_project(Path(tempfile.mkdtemp(prefix="dcgan-ttq-")))
 
-    config = configure(workdir, [*args.overrides, f"metrics.train_samples={args.samples}"])
+    config = configure(workdir, setup)
     prepared, manifest = prepared_dataset(config.data, config.paths)
     # Trains and caches the classifier if missing.
     space = quality.feature_space(config.metrics, config.paths.classifier_dir, prepared, manifest)
@@ -141,7 +143,7 @@ def main() -> None:
     budget = reached if reached is not None else rows[-1][0]
     default_fid = next((row["fid"] for minutes, row in rows if minutes == budget), rows[-1][1].get("fid"))
 
-    tutorial = configure(workdir, ["model=dcgan_mnist", *args.overrides])  # the tutorial's own networks
+    tutorial = configure(workdir, tutorial_setup)
     progress = quality.Scorer(space, tutorial.metrics, prepared, manifest, args.samples)
     images, _ = load_images(prepared, manifest, "train", manifest["splits"]["train"]["count"])
     noise = np.random.default_rng(0).standard_normal((args.samples, tutorial.model.latent_dim)).astype(np.float32)
