@@ -56,7 +56,7 @@ bench: install  ## throughput, quality floor, precision, launchers, search and t
 	$(BIN)/python benchmarks/quality.py precision --epochs 2
 	$(BIN)/python benchmarks/sweeps.py launchers --jobs 4
 	$(BIN)/python benchmarks/sweeps.py search --trials 8 data.limit=4096
-	$(BIN)/python benchmarks/time_to_quality.py
+	$(BIN)/python benchmarks/time_to_quality.py --recipe mnist_best=experiment=mnist_best --plot docs/images/time_to_quality.png
 
 params: install  ## regenerate params.yaml from conf/ (what `dvc exp run` does) after editing conf/
 	$(BIN)/python -c "import os; from dvc.utils.hydra import compose_and_dump; compose_and_dump('params.yaml', os.path.abspath('conf'), None, 'config', '.', [])"

@@ -3,6 +3,7 @@ mistyped option or an out-of-range value in a documented command fails here."""
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shlex
@@ -138,7 +139,8 @@ def test_result_rows_quote_their_metrics_files():
     """Each row of docs/results.md links the evaluate stage's reports/metrics.json of its run
     (kept in docs/results/) and quotes its FID, recall and smallest class from it, or says
     its file was not kept (rows measured before the files were)."""
-    rows = [line for line in (REPO / "docs/results.md").read_text().splitlines() if line.startswith("| ")][2:]
+    table = re.search(r"^\| recipe \|.*?(?=\n\n)", (REPO / "docs/results.md").read_text(), re.M | re.S).group()
+    rows = table.splitlines()[2:]
     linked = 0
     for row in rows:
         cells = [cell.strip().strip("*") for cell in row.strip("|").split("|")]
@@ -151,6 +153,27 @@ def test_result_rows_quote_their_metrics_files():
         assert f"{100 * metrics['smallest_class_share']:.1f} %" in cells, row
         linked += 1
     assert linked, "no row links its metrics file"
+
+
+def test_time_to_quality_table_quotes_the_benchmark_output():
+    """docs/results.md's time-to-quality table quotes each run's best and last FID (with its
+    training minutes) and the summary line from the benchmark's output kept in docs/results/."""
+    page = (REPO / "docs/results.md").read_text().split("## Time to quality")[1]
+    kept = re.search(r"\]\((results/time_to_quality_[\w]+\.txt)\)", page).group(1)
+    output = (REPO / "docs" / kept).read_text()
+    product_epoch = r"^(.+) epoch \d+: ([\d.]+) min of training \(.+\), FID ([\d.]+)$"
+    tutorial_epoch = r"^tutorial loop epoch \d+: (\d+) s of training, FID \([\d,]+ samples\) ([\d.]+)$"
+    curves = collections.defaultdict(list)
+    for label, minutes, fid in re.findall(product_epoch, output, re.M):
+        curves[label].append((float(fid), minutes))
+    for seconds, fid in re.findall(tutorial_epoch, output, re.M):
+        curves["tutorial loop"].append((float(fid), f"{int(seconds) / 60:.1f}"))
+    rows = {row.split("|")[1].strip(): row for row in page.splitlines() if row.startswith("| ")}
+    assert len(curves) >= 3
+    for label, points in curves.items():
+        for fid, minutes in (min(points), points[-1]):
+            assert f"{fid:.2f} ({minutes})" in rows[label], (label, rows[label])
+    assert f"`{output.strip().splitlines()[-1]}`" in page
 
 
 def _anchor(heading: str) -> str:
