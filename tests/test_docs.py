@@ -159,7 +159,7 @@ def test_time_to_quality_table_quotes_the_benchmark_output():
     """docs/results.md's time-to-quality table quotes each run's best and last FID (with its
     training minutes) and the summary line from the benchmark's output kept in docs/results/."""
     page = (REPO / "docs/results.md").read_text().split("## Time to quality")[1]
-    kept = re.search(r"\]\((results/time_to_quality_[\w]+\.txt)\)", page).group(1)
+    kept = re.search(r"\]\((results/time_to_quality_\w+\.txt)\)", page).group(1)
     output = (REPO / "docs" / kept).read_text()
     product_epoch = r"^(.+) epoch \d+: ([\d.]+) min of training \(.+\), FID ([\d.]+)$"
     tutorial_epoch = r"^tutorial loop epoch \d+: (\d+) s of training, FID \([\d,]+ samples\) ([\d.]+)$"
