@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,11 +63,16 @@ def prepare(workdir: Path, overrides: list[str]) -> None:
             sys.exit(f"{stage} failed:\n{result.stderr[-3000:]}")
 
 
+# Machine-wide whatever TMPDIR says: the lock must be one for every process here, and Ray's
+# socket paths must fit in 107 characters.
+MACHINE_TMP = Path("/tmp")
+
+
 @contextmanager
 def ray_to_itself() -> Iterator[None]:
     """This machine's Ray to the caller alone until it leaves: a loopback cluster's ``ray
     stop`` ends every Ray process here, another's ``ray.init()`` of its own included."""
-    with open(Path(tempfile.gettempdir()) / "dcgan-loopback-ray.lock", "w") as lock:
+    with open(MACHINE_TMP / "dcgan-loopback-ray.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -90,13 +96,13 @@ def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
             "--object-store-memory=100000000",
             "--disable-usage-stats",
         ]
-        # The head's temp dir, short: Ray's socket paths must fit in 107 characters.
+        session = tempfile.mkdtemp(prefix="ray", dir=MACHINE_TMP)
         head = [
             *ray,
             "--head",
             f"--port={port}",
             "--include-dashboard=false",
-            f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}",
+            f"--temp-dir={session}",
         ]
         # Without token authentication: a token in ~/.ray (which a `ray.init()` of its own writes)
         # turns it on for the head, and the worker nodes would then need it too.
@@ -109,6 +115,7 @@ def loopback_ray_cluster(nodes: int, cpus_per_node: int) -> Iterator[str]:
             yield address
         finally:
             subprocess.run([ray[0], "stop", "--force"], capture_output=True, timeout=120)
+            shutil.rmtree(session, ignore_errors=True)
 
 
 def launchers(jobs: int, overrides: list[str]) -> None:

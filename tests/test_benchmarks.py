@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 def run_benchmark(tmp_path, script: str, *args: str) -> str:
     """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout. A smoke
-    run: the figures' form is checked, their size is for `make bench`."""
+    run: the figures' form is checked, their size is for `make bench`. The work folders it keeps
+    for inspection go to ``tmp_path`` too (TMPDIR), so pytest removes them with it."""
+    (tmp_path / "tmp").mkdir()
     overrides = [
         f"paths.prepared_dir={tmp_path}/prepared",
         f"paths.classifier_dir={tmp_path}/classifier",
@@ -32,6 +34,7 @@ def run_benchmark(tmp_path, script: str, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
