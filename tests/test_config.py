@@ -21,7 +21,7 @@ def test_default_config_composes_and_validates():
         config.optimizer.name == "adam"
         and config.optimizer.generator.learning_rate == DEFAULT_ADAM["generator"]["learning_rate"]
     )
-    assert config.train.batch_size == 32 and config.train.ema_decay == 0.999 and config.train.lr_decay == 0.5
+    assert config.train.batch_size == 32 and config.train.ema_decay == 0.9999 and config.train.lr_decay == 0.0
     assert config.model.leaky_slope == 0.1 and config.train.r1_gamma == 0.1 and config.train.r1_interval == 16
 
 
@@ -38,7 +38,8 @@ def test_photo_recipes_are_presets_over_data_only_options_and_the_command_line_s
     recipe = compose_config(["experiment=flowers64"])
     assert (recipe.model.name, recipe.model.filters, recipe.data.image_size) == ("dcgan", 32, 64)
     assert recipe.train.epochs == 200 and recipe.metrics.every == 10 and recipe.train.augment == []
-    assert recipe.train.ema_decay == 0.999 and recipe.train.r1_gamma == 0.1  # the default recipe's training beneath it
+    # its own weight average and decay over the default recipe's R1 penalty
+    assert (recipe.train.ema_decay, recipe.train.lr_decay, recipe.train.r1_gamma) == (0.999, 0.5, 0.1)
     large = compose_config(["experiment=flowers128"])
     assert (large.data.name, large.data.image_size, large.model.name, large.model.filters) == (
         "flowers128",

@@ -192,8 +192,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     label_noise: float = 0.0  # D's targets: real 1 - u, fake u, with u ~ U(0, label_noise)
     label_smoothing: float = 0.0  # D's target for real images is 1 - label_smoothing (one-sided)
-    ema_decay: float = 0.999  # > 0: sample from an exponential moving average of G's weights
-    lr_decay: float = 0.5  # > 0: both learning rates fall linearly to 0 over this last share of the steps
+    ema_decay: float = 0.9999  # > 0: sample from an exponential moving average of G's weights
+    lr_decay: float = 0.0  # > 0: both learning rates fall linearly to 0 over this last share of the steps
     r1_gamma: float = 0.1  # > 0: R1 penalty on D's gradient at real images (Mescheder et al. 2018)
     r1_interval: int = 16  # applied every this many steps, scaled to match (lazy, as in StyleGAN2)
     augment: List[str] = field(
