@@ -13,11 +13,17 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def own_tmpdir(tmp_path) -> dict[str, str]:
+    """The environment for a benchmark whose temporary folders go to ``tmp_path / "tmp"``
+    (TMPDIR), so pytest removes them with it and a test can see what was left there."""
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+
+
 def run_benchmark(tmp_path, script: str, *args: str) -> str:
     """Run a benchmark script on a sliver of MNIST prepared in ``tmp_path``; its stdout. A smoke
     run: the figures' form is checked, their size is for `make bench`. The work folders it keeps
-    for inspection go to ``tmp_path`` too (TMPDIR), so pytest removes them with it."""
-    (tmp_path / "tmp").mkdir()
+    for inspection go to ``tmp_path`` too (``own_tmpdir``)."""
     overrides = [
         f"paths.prepared_dir={tmp_path}/prepared",
         f"paths.classifier_dir={tmp_path}/classifier",
@@ -34,7 +40,7 @@ def run_benchmark(tmp_path, script: str, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+        env=own_tmpdir(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -118,7 +124,6 @@ def test_tutorial_loop_writes_its_scores_and_curve(tmp_path):
 )
 def test_benchmark_refuses_a_mistake_in_one_line_before_any_work(tmp_path, script, args, error):
     (tmp_path / "file").write_text("")
-    (tmp_path / "tmp").mkdir()
     result = subprocess.run(
         [
             sys.executable,
@@ -129,7 +134,7 @@ def test_benchmark_refuses_a_mistake_in_one_line_before_any_work(tmp_path, scrip
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+        env=own_tmpdir(tmp_path),
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {error.format(tmp=tmp_path)}")
