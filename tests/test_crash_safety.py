@@ -124,12 +124,36 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, h
     assert mlflow_client(tmp_path).get_run(training_run_id(tmp_path)).info.status == "FAILED"
 
 
-def test_a_longer_run_with_lr_decay_starts_over(tmp_path):
-    """Its learning rates depend on the run's length: resuming into a longer one would differ."""
-    run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", cwd=tmp_path)
-    longer = run_stage("train", *TINY, "data.limit=128", "train.lr_decay=0.5", "train.epochs=2", cwd=tmp_path)
-    assert "differs in: train.total_steps); starting over" in longer.stdout + longer.stderr
-    assert _state(tmp_path)["epochs"] == 2
+def test_a_run_continues_into_a_new_schedule_only_while_its_steps_took_the_same_rates(tmp_path):
+    """A run of constant learning rates continues into a longer one whose decay begins after
+    its last step, to the weights a straight run of that schedule ends with; a decay that
+    begins earlier, or a run whose decay has begun, is another run (the refusal says which
+    train.lr_decay would continue it)."""
+    straight, cooled = tmp_path / "straight", tmp_path / "cooled"
+    for workdir in (straight, cooled):
+        workdir.mkdir()
+    profile = [*TINY, "data.limit=128"]  # 2 steps an epoch
+    run_stage("train", *profile, "train.epochs=2", "train.lr_decay=0.5", cwd=straight)
+    run_stage("train", *profile, cwd=cooled)
+    too_early = run_stage(
+        "train", *profile, "train.epochs=2", "train.lr_decay=0.75", "train.resume=always", cwd=cooled, check=False
+    )
+    assert last_line_error(too_early) == (
+        "error: config key train.lr_decay: 0.75 does not match the checkpoint in models/checkpoints (0.0; 1 more keys "
+        "differ); train.lr_decay <= 0.5 continues it (its 2 steps took constant rates)"
+    )
+    continued = run_stage("train", *profile, "train.epochs=2", "train.lr_decay=0.5", cwd=cooled)
+    assert "continuing (both rates fall from step 2 of 4)" in continued.stdout + continued.stderr
+    assert _weights_sha256(cooled) == _weights_sha256(straight)
+
+    # Its steps 2 and 3 took falling rates: a longer decaying run is another run.
+    longer = run_stage(
+        "train", *profile, "train.epochs=3", "train.lr_decay=0.5", "train.resume=always", cwd=cooled, check=False
+    )
+    assert last_line_error(longer) == (
+        "error: config key train.total_steps: 6 does not match the checkpoint in models/checkpoints (4)"
+    )
+    assert _state(cooled)["epochs"] == 2
 
 
 def test_changed_data_or_settings_are_not_resumed_silently(tmp_path):

@@ -244,6 +244,17 @@ def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
         checkpoints.restore(other.state_variables(), checkpoints.load_state())
 
 
+def test_checkpoints_hold_the_same_variables_whatever_the_learning_rates(tiny_prepared):
+    """The rates come from the config, not the checkpoint: Keras keeps constant ones as
+    variables and a schedule's not, and a constant-rate run must continue into a decay."""
+    manifest = load_manifest(Path(tiny_prepared.paths.prepared_dir) / "mnist")
+    layouts = [
+        [(tuple(variable.shape), variable.dtype) for variable in build_gan(config, manifest, 100).state_variables()]
+        for config in (compose_config(TINY), compose_config([*TINY, "train.lr_decay=0.5"]))
+    ]
+    assert layouts[0] == layouts[1] and len(layouts[0]) > 40
+
+
 def test_old_checkpoints_are_pruned(tmp_path):
     import keras
 

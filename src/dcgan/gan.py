@@ -236,8 +236,15 @@ class GAN(keras.Model):
 
     def state_variables(self) -> list:
         """Every variable a resumed run needs: weights, BN statistics, RNG states, optimizer
-        slots and the loss trackers' running totals."""
-        return [*self.variables, *self.d_optimizer.variables, *self.g_optimizer.variables, *self.metrics_variables]
+        slots and the loss trackers' running totals. Not the optimizers' learning rates: they
+        come from the config, and an optimizer keeps them as variables only when they are
+        constant, so a checkpoint of constant rates continues into a decaying schedule."""
+        slots = [
+            variable
+            for variable in [*self.d_optimizer.variables, *self.g_optimizer.variables]
+            if variable.name != "learning_rate"
+        ]
+        return [*self.variables, *slots, *self.metrics_variables]
 
 
 def _replica_count_and_index() -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from dcgan.quality import Scorer, samples_of
 log = logging.getLogger(__name__)
 
 DATA_DIGEST = "data.content_sha256"
+# The identity's keys that set the learning rates: a checkpoint whose steps all took the same
+# rates under a new schedule continues into it.
+RATES = ("train.lr_decay", "train.total_steps")
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,16 @@ def resume_or_start(
     if state is not None and state.checkpoint is not None:
         reason = _why_start_over(state, identity, mode, schedule.total_steps, checkpoints.folder)
         if reason is None:
+            if _differences(state.identity, identity):
+                start = _decay_start(identity)
+                log.info(
+                    "the checkpoint's %d steps took the learning rates train.lr_decay=%s gives them: continuing%s",
+                    state.step,
+                    identity["train.lr_decay"],
+                    f" (both rates fall from step {start:.0f} of {schedule.total_steps})" if start < math.inf else "",
+                )
             state = checkpoints.restore(gan.state_variables(), state)
+            state.identity = identity
             log.info(
                 "resuming from %s after epoch %d (step %d)",
                 checkpoints.folder / state.checkpoint,
@@ -111,6 +124,8 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
     resume it). Refuses (raises) where starting over would discard work the user may not mean
     to lose."""
     changed = _differences(state.identity, identity)
+    if set(changed) <= set(RATES) and state.step <= min(_decay_start(state.identity), _decay_start(identity)):
+        changed = []  # every step so far took the rates the new schedule gives it: the same run
     if mode == "never":
         return f"train.resume=never: discarding the checkpoint in {folder}"
     if changed == [DATA_DIGEST]:
@@ -126,6 +141,7 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
             f"({state.identity.get(key)!r}"
             + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "")
             + ")"
+            + _continuing_share(state, changed, total_steps)
         )
     if changed in ([], ["train.total_steps"]) and state.step > total_steps:
         raise UserError(
@@ -135,8 +151,27 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
             f"{START_OVER} (discarding it)"
         )
     if changed:
-        return f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
+        return (
+            f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
+            + _continuing_share(state, changed, total_steps)
+        )
     return None
+
+
+def _decay_start(identity: dict) -> float:
+    """The step from which the learning rates of the run ``identity`` describes fall
+    (``LinearDecayTail``); infinite for constant rates."""
+    share = identity.get("train.lr_decay") or 0.0
+    return identity["train.total_steps"] * (1.0 - share) if share else math.inf
+
+
+def _continuing_share(state: RunState, changed: list[str], total_steps: int) -> str:
+    """For a checkpoint that differs only in its schedule and took constant rates so far: the
+    largest ``train.lr_decay`` that would have continued it instead."""
+    share = math.floor((1.0 - state.step / total_steps) * 1e4) / 1e4
+    if not set(changed) <= set(RATES) or state.step > _decay_start(state.identity) or share <= 0:
+        return ""
+    return f"; train.lr_decay <= {share} continues it (its {state.step} steps took constant rates)"
 
 
 def _recorded_run_id(run_info: Path) -> str | None:

@@ -350,8 +350,9 @@ def _existing_run(run_id: Optional[str]) -> Optional[str]:
 def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
     """Open the training's run: a new one, or ``run_id`` again when resuming.
 
-    Params are immutable in MLflow, so a resumed run keeps its original ones; the tag
-    ``train.epochs`` follows the length it is currently asked to reach.
+    Params are immutable in MLflow, so a resumed run keeps its original ones; the tags
+    ``train.epochs`` and ``train.lr_decay`` follow the length and schedule it is currently
+    asked for (a run of constant rates can be continued into a decay, dcgan.resume).
     """
     try:
         run_id = _existing_run(run_id)
@@ -369,7 +370,7 @@ def start_run(config: Config, run_id: Optional[str]) -> mlflow.ActiveRun:
             mlflow.log_params(flatten(to_dict(config)))
     except MlflowException as exc:
         raise UserError(f"MLflow: {str(exc).splitlines()[0]}") from None
-    mlflow.set_tag("train.epochs", config.train.epochs)
+    mlflow.set_tags({"train.epochs": config.train.epochs, "train.lr_decay": config.train.lr_decay})
     return run
 
 
