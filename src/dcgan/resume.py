@@ -88,7 +88,7 @@ def resume_or_start(
     if state is not None and state.checkpoint is not None:
         reason = _why_start_over(state, identity, mode, schedule.total_steps, checkpoints.folder)
         if reason is None:
-            if _differences(state.identity, identity):
+            if state.identity != identity:
                 start = _decay_start(identity)
                 log.info(
                     "the checkpoint's %d steps took the learning rates train.lr_decay=%s gives them: continuing%s",
@@ -124,8 +124,10 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
     resume it). Refuses (raises) where starting over would discard work the user may not mean
     to lose."""
     changed = _differences(state.identity, identity)
-    if set(changed) <= set(RATES) and state.step <= min(_decay_start(state.identity), _decay_start(identity)):
+    schedule_only = set(changed) <= set(RATES)
+    if schedule_only and state.step <= min(_decay_start(state.identity), _decay_start(identity)):
         changed = []  # every step so far took the rates the new schedule gives it: the same run
+    hint = _continuing_share(state, total_steps) if schedule_only else ""
     if mode == "never":
         return f"train.resume=never: discarding the checkpoint in {folder}"
     if changed == [DATA_DIGEST]:
@@ -141,7 +143,7 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
             f"({state.identity.get(key)!r}"
             + (f"; {len(changed) - 1} more keys differ" if len(changed) > 1 else "")
             + ")"
-            + _continuing_share(state, changed, total_steps)
+            + hint
         )
     if changed in ([], ["train.total_steps"]) and state.step > total_steps:
         raise UserError(
@@ -153,7 +155,7 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
     if changed:
         return (
             f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
-            + _continuing_share(state, changed, total_steps)
+            + hint
         )
     return None
 
@@ -165,11 +167,11 @@ def _decay_start(identity: dict) -> float:
     return identity["train.total_steps"] * (1.0 - share) if share else math.inf
 
 
-def _continuing_share(state: RunState, changed: list[str], total_steps: int) -> str:
-    """For a checkpoint that differs only in its schedule and took constant rates so far: the
-    largest ``train.lr_decay`` that would have continued it instead."""
+def _continuing_share(state: RunState, total_steps: int) -> str:
+    """For a checkpoint that differs only in its schedule: if it took constant rates so far,
+    the largest ``train.lr_decay`` that continues it."""
     share = math.floor((1.0 - state.step / total_steps) * 1e4) / 1e4
-    if not set(changed) <= set(RATES) or state.step > _decay_start(state.identity) or share <= 0:
+    if state.step > _decay_start(state.identity) or share <= 0:
         return ""
     return f"; train.lr_decay <= {share} continues it (its {state.step} steps took constant rates)"
 
