@@ -154,8 +154,7 @@ def _why_start_over(state: RunState, identity: dict, mode: str, total_steps: int
         )
     if changed:
         return (
-            f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over"
-            + hint
+            f"checkpoint in {folder} is from a different run (differs in: {', '.join(changed)}); starting over" + hint
         )
     return None
 
