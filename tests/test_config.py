@@ -103,6 +103,10 @@ def test_params_yaml_is_the_composed_conf():
             "config key train.batch_size: Value 'big' of type 'str' could not be converted to Integer",
         ),
         ("train.resume=maybe", "config key train.resume: must be auto, always or never"),
+        (
+            "train.branch_from=models train.resume=never",
+            "config key train.branch_from: train.resume=never starts over: drop one of the two",
+        ),
         ("train.lr_decay=1.5", "config key train.lr_decay: must be in [0, 1], got 1.5"),
         ("train.r1_interval=0", "config key train.r1_interval: must be at least 1, got 0"),
         ("data.limit=-5", "config key data.limit: must be positive or null"),

@@ -126,9 +126,9 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, h
 
 def test_a_run_continues_into_a_new_schedule_only_while_its_steps_took_the_same_rates(tmp_path):
     """A run of constant learning rates continues into a longer one whose decay begins after
-    its last step, to the weights a straight run of that schedule ends with; a decay that
-    begins earlier, or a run whose decay has begun, is another run (the refusal says which
-    train.lr_decay would continue it)."""
+    its last step, to the weights a straight run of that schedule ends with, and so does a
+    branch of it (train.branch_from); a decay that begins earlier, or a run whose decay has
+    begun, is another run (the refusal says which train.lr_decay would continue it)."""
     straight, cooled = tmp_path / "straight", tmp_path / "cooled"
     for workdir in (straight, cooled):
         workdir.mkdir()
@@ -142,9 +142,19 @@ def test_a_run_continues_into_a_new_schedule_only_while_its_steps_took_the_same_
         "error: config key train.lr_decay: 0.75 does not match the checkpoint in models/checkpoints (0.0; 1 more keys "
         "differ); train.lr_decay <= 0.5 continues it (its 2 steps took constant rates)"
     )
+    # Another run branches from it the same way: a copy of its checkpoint, as a new MLflow run.
+    branch = ["paths.models_dir=branch/models", "paths.reports_dir=branch/reports", "train.branch_from=models"]
+    refused = run_stage("train", *profile, *branch, "train.epochs=2", "train.lr_decay=0.75", cwd=cooled, check=False)
+    assert last_line_error(refused) == last_line_error(too_early)  # it names the other run's checkpoint
+    assert not (cooled / "branch/models/checkpoints/state.json").exists()
+    run_stage("train", *profile, *branch, "train.epochs=2", "train.lr_decay=0.5", cwd=cooled)
     continued = run_stage("train", *profile, "train.epochs=2", "train.lr_decay=0.5", cwd=cooled)
     assert "continuing (both rates fall from step 2 of 4)" in continued.stdout + continued.stderr
-    assert _weights_sha256(cooled) == _weights_sha256(straight)
+    assert _weights_sha256(cooled) == _weights_sha256(cooled / "branch") == _weights_sha256(straight)
+    branch_run = mlflow_client(cooled).get_run(training_run_id(cooled / "branch"))
+    assert branch_run.data.tags["branched_from"] == training_run_id(cooled) != branch_run.info.run_id
+    d_loss = mlflow_client(cooled).get_metric_history(branch_run.info.run_id, "d_loss")
+    assert sorted(metric.step for metric in d_loss) == [1, 2]  # its first epoch from the other run's history
 
     # Its steps 2 and 3 took falling rates: a longer decaying run is another run.
     longer = run_stage(

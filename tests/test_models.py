@@ -21,6 +21,7 @@ from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
 from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import FastDropout, FusedBatchNormalization, standard_copy
+from dcgan.resume import Schedule, branch
 
 
 def tutorial_model(**changes):
@@ -242,6 +243,17 @@ def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
     other = build_gan(compose_config(TINY + ["model.latent_dim=64"]), manifest, total_steps=100)
     with pytest.raises(UserError, match=r"variable .* has shape \(100, 12544\) in the checkpoint but \(64, 12544\)"):
         checkpoints.restore(other.state_variables(), checkpoints.load_state())
+
+
+def test_a_branch_needs_a_checkpoint_of_the_other_run(tmp_path):
+    other = tmp_path / "other/models"
+    (other / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UserError) as refused:
+        branch(other, {}, Schedule(steps_per_epoch=2, epochs=1), CheckpointDir(tmp_path / "models/checkpoints", 2))
+    assert str(refused.value) == (
+        f"config key train.branch_from: {other} holds no training checkpoint ({other}/checkpoints/state.json)"
+    )
+    assert not (tmp_path / "models/checkpoints").exists()
 
 
 def test_checkpoints_hold_the_same_variables_whatever_the_learning_rates(tiny_prepared):

@@ -23,7 +23,7 @@ from sweeps import loopback_ray_cluster
 
 from dcgan import search
 from dcgan.cli import _apply_hydra_context, job_threads
-from dcgan.config import SearchConfig, flatten, to_dict
+from dcgan.config import SearchConfig, flatten, run_identity, to_dict
 from dcgan.errors import UserError
 from dcgan.search import search_space
 from dcgan.sweeps import without_artifact_progress_bars
@@ -297,6 +297,17 @@ def test_a_search_starts_from_the_config_and_the_command_line_fixes_keys():
         "optimizer.discriminator.beta_1": 0.5,
         "train.ema_decay": 0.999,
     }
+
+
+def test_the_cooldown_search_branches_every_trial_from_the_finished_run():
+    sweeper = instantiate(compose_sweep(["hparams_search=cooldown"]).hydra.sweeper)
+    space, fixed = search_space(sweeper.params, [])
+    assert space == {"train.lr_decay": FloatDistribution(0.0, 0.25)} and fixed == []
+    config = compose_sweep(["hparams_search=cooldown"])
+    assert search.values_within(space, config) == {"train.lr_decay": 0.0}  # first: no cool-down at all
+    trial = compose_config(["hparams_search=cooldown", "train.lr_decay=0.25", *sweeper.pruning])
+    assert (trial.train.branch_from, trial.train.epochs, trial.search.warmup_epochs) == ("models", 12, 11)
+    assert run_identity(trial) == run_identity(compose_config(["train.lr_decay=0.25"]))  # the default's run
 
 
 @pytest.mark.slow

@@ -153,6 +153,15 @@ class QualityMonitor(keras.callbacks.Callback):
         logs.update({PROGRESS + key: value for key, value in scores.items()})
 
 
+def epoch_logs(row: dict) -> dict[str, float]:
+    """A history row (``Checkpointer``) as the metrics ``MLflowMetrics`` logged for its epoch."""
+    return {
+        PROGRESS + key if key in QUALITY_KEYS else key: value
+        for key, value in row.items()
+        if key not in ("epoch", "iteration")
+    }
+
+
 class MLflowMetrics(keras.callbacks.Callback):
     """Each epoch's ``logs`` as MLflow metrics at step = epoch, except epochs the run logged
     before (``logged_epochs``; a run resumed from an older checkpoint redoes them, with the

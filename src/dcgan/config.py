@@ -187,6 +187,9 @@ class TrainConfig:
     # auto: resume a checkpoint of this same run, else start over; always: resuming is
     # required (a missing or different checkpoint is an error); never: always start over
     resume: str = "auto"
+    # another run's paths.models_dir: a run without a checkpoint of its own starts from that
+    # run's latest one, as a new MLflow run (dcgan.resume.branch)
+    branch_from: Optional[str] = None
     sample_seed: int = 1234  # fixed noise for the per-epoch sample grid
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images
     keep_checkpoints: int = 2
@@ -235,6 +238,11 @@ class TrainConfig:
             self.resume in ("auto", "always", "never"),
             "train.resume",
             f"must be auto, always or never, got {self.resume!r}",
+        )
+        require(
+            not (self.branch_from and self.resume == "never"),
+            "train.branch_from",
+            "train.resume=never starts over: drop one of the two",
         )
         require(self.sample_grid >= 1, "train.sample_grid", f"must be at least 1, got {self.sample_grid}")
         require(
@@ -543,6 +551,7 @@ _NO_EFFECT_ON_DATA = ("data.mirror", "data.urls", "data.download", "data.shards"
 NO_EFFECT_ON_RUN = (
     *_NO_EFFECT_ON_DATA,
     "train.resume",
+    "train.branch_from",
     "train.keep_checkpoints",
     "train.threads",
     "metrics.every",

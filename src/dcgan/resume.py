@@ -14,15 +14,17 @@ import logging
 import math
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from dcgan import tracking
-from dcgan.checkpoints import START_OVER, CheckpointDir, RunState, local_values
+from dcgan.checkpoints import START_OVER, STATE, CheckpointDir, RunState, local_values
 from dcgan.config import Config, MetricsConfig, TrainConfig, run_identity, scoring_identity
 from dcgan.errors import UserError
+from dcgan.files import locked, replace_together
 from dcgan.paths import TrainOutputs
 from dcgan.quality import Scorer, samples_of
 
@@ -113,6 +115,37 @@ def resume_or_start(
     checkpoints.clear()
     shutil.rmtree(out.samples, ignore_errors=True)
     return RunState(identity=identity)
+
+
+def branch(source: Path, identity: dict, schedule: Schedule, checkpoints: CheckpointDir) -> str | None:
+    """Start this run from the latest checkpoint of another run (``train.branch_from``, that
+    run's models folder ``source``) if it has no checkpoint of its own: the checkpoint and its
+    best generator are copied in as this run's, under a new MLflow run, so several runs can
+    go on from one (a search over cool-downs trains the shared part once). The other run must
+    be this run, or this run under a schedule whose rates its steps all took (as for
+    resuming). Returns the other run's MLflow run id, or None when this run has its own."""
+    own = checkpoints.load_state()
+    if own is not None and own.checkpoint is not None:
+        log.info("train.branch_from: %s holds this run's own checkpoint, which goes on", checkpoints.folder)
+        return None
+    folder = source / checkpoints.folder.name
+    if not (folder / STATE).is_file():
+        raise UserError(f"config key train.branch_from: {source} holds no training checkpoint ({folder / STATE})")
+    with locked(source, shared=True):  # a training of the other run must not replace it meanwhile
+        other = CheckpointDir(folder, checkpoints.keep)
+        state = other.load_state()
+        if state.checkpoint is None:
+            raise UserError(f"config key train.branch_from: {folder} holds no checkpoint yet")
+        _why_start_over(state, identity, "always", schedule.total_steps, folder)
+        copies = {checkpoints.folder / state.checkpoint: folder / state.checkpoint}
+        best = other.best_generator(state)
+        if best is not None and best.is_file():
+            copies[checkpoints.folder / best.name] = best
+        replace_together({copy: partial(shutil.copyfile, original) for copy, original in copies.items()})
+    branched_from, state.mlflow_run_id = state.mlflow_run_id, None
+    checkpoints.save_state(state)
+    log.info("branching from %s after epoch %d (step %d)", folder / state.checkpoint, state.epochs, state.step)
+    return branched_from
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -34,6 +34,7 @@ logging.getLogger("mlflow.system_metrics.system_metrics_monitor").setLevel(loggi
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PARENT_RUN_ENV = "DCGAN_SWEEP_RUN_ID"  # set by dcgan.sweeps while a Hydra multirun runs
+BRANCHED_FROM_TAG = "branched_from"  # a run started from another's checkpoint (train.branch_from): its run id
 CHAMPION = "champion"  # the registry alias of a dataset's best generator so far
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "mlflow", "dvc", "hydra-core")
 

@@ -27,6 +27,7 @@ from dcgan.callbacks import (
     QualityMonitor,
     SampleGrid,
     Throughput,
+    epoch_logs,
 )
 from dcgan.checkpoints import CheckpointDir, RunState, assign_locally, local_values
 from dcgan.config import PRECISIONS, Config, OptimizerConfig, to_dict
@@ -207,9 +208,12 @@ def _train(
     seed_everything(config)
     gan = build_gan(config, manifest, schedule.total_steps, strategy)
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
-    state = resume.resume_or_start(
-        config.train.resume, resume.identity_of(config, manifest, schedule), schedule, gan, checkpoints, out
-    )
+    identity = resume.identity_of(config, manifest, schedule)
+    if config.train.branch_from:
+        branched_from = resume.branch(Path(config.train.branch_from), identity, schedule, checkpoints)
+        if branched_from:
+            config.tracking.tags.setdefault(tracking.BRANCHED_FROM_TAG, branched_from)
+    state = resume.resume_or_start(config.train.resume, identity, schedule, gan, checkpoints, out)
     _share_chief_state(strategy, gan, state)
     grid_noise, scoring_noise = _fixed_noise(config)
     resume.rescore_if_changed(config.metrics, state, schedule, gan, scorer, scoring_noise, checkpoints)
@@ -220,6 +224,8 @@ def _train(
             state.mlflow_run_id = run.info.run_id
             checkpoints.save_state(state)  # so that a kill before the first checkpoint still ends this run
             _log_run_inputs(config, manifest, prepared, gan)
+            for row in state.history:  # epochs trained before, under another MLflow run (a branch)
+                mlflow.log_metrics(epoch_logs(row), step=row["epoch"])
         tracking.log_precision(precision)
         if cluster:
             mlflow.set_tag("train.workers", cluster.workers)
