@@ -21,7 +21,8 @@ from dcgan.data.tfrecords import load_manifest
 from dcgan.errors import UserError
 from dcgan.gan import GAN, SkipNonFiniteSteps
 from dcgan.models.layers import FastDropout, FusedBatchNormalization, standard_copy
-from dcgan.resume import Schedule, branch
+from dcgan.paths import TrainOutputs
+from dcgan.resume import Schedule, resume_or_start
 
 
 def tutorial_model(**changes):
@@ -246,14 +247,14 @@ def test_checkpoint_of_other_latent_size_is_refused(tiny_prepared, tmp_path):
 
 
 def test_a_branch_needs_a_checkpoint_of_the_other_run(tmp_path):
-    other = tmp_path / "other/models"
-    (other / "checkpoints").mkdir(parents=True)
+    other = tmp_path / "other/models"  # a typo'd folder: nothing is created there either
+    own = TrainOutputs(tmp_path / "models", tmp_path / "reports")
     with pytest.raises(UserError) as refused:
-        branch(other, {}, Schedule(steps_per_epoch=2, epochs=1), CheckpointDir(tmp_path / "models/checkpoints", 2))
+        resume_or_start("auto", {}, Schedule(2, 1), None, CheckpointDir(own.checkpoints, 2), own, branch_from=other)
     assert str(refused.value) == (
         f"config key train.branch_from: {other} holds no training checkpoint ({other}/checkpoints/state.json)"
     )
-    assert not (tmp_path / "models/checkpoints").exists()
+    assert not own.models_dir.exists() and not other.parent.exists()
 
 
 def test_checkpoints_hold_the_same_variables_whatever_the_learning_rates(tiny_prepared):

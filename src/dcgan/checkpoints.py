@@ -46,6 +46,7 @@ class RunState:
     step: int = 0  # optimizer steps completed; past the last epoch's end after a stop signal
     checkpoint: Optional[str] = None  # file name of the latest complete checkpoint
     mlflow_run_id: Optional[str] = None
+    branched_from: Optional[str] = None  # the MLflow run whose checkpoint this run started from
     history: list[dict] = field(default_factory=list)  # one row of metrics per completed epoch
     best: Optional[dict] = None  # {"epoch", "fid", "file"} of the epoch with the lowest in-training FID
     scoring: Optional[dict] = None  # the metrics.* settings the in-training scores were computed with

@@ -187,8 +187,8 @@ class TrainConfig:
     # auto: resume a checkpoint of this same run, else start over; always: resuming is
     # required (a missing or different checkpoint is an error); never: always start over
     resume: str = "auto"
-    # another run's paths.models_dir: a run without a checkpoint of its own starts from that
-    # run's latest one, as a new MLflow run (dcgan.resume.branch)
+    # another run's paths.models_dir: a run that would start from scratch starts from that
+    # run's latest checkpoint instead, as a new MLflow run (dcgan.resume.resume_or_start)
     branch_from: Optional[str] = None
     sample_seed: int = 1234  # fixed noise for the per-epoch sample grid
     sample_grid: int = 4  # the per-epoch grid is sample_grid x sample_grid images

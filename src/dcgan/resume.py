@@ -9,6 +9,7 @@ An epoch is the stretch of steps between two checkpoints and sample grids (Keras
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -75,12 +76,25 @@ def identity_of(config: Config, manifest: dict, schedule: Schedule) -> dict:
 
 
 def resume_or_start(
-    mode: str, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir, out: TrainOutputs
+    mode: str,
+    identity: dict,
+    schedule: Schedule,
+    gan: keras.Model,
+    checkpoints: CheckpointDir,
+    out: TrainOutputs,
+    branch_from: Path | None = None,
 ) -> RunState:
     """The run to continue, its weights restored into ``gan``, or a fresh one. Starting over
     discards the old checkpoint, grids and best generator and marks the MLflow run of a
     killed process KILLED (this process holds the folder's lock: nothing else runs it); the
-    stage's outputs stay until the new run's replace them."""
+    stage's outputs stay until the new run's replace them.
+
+    ``branch_from`` (``train.branch_from``, another run's models folder): a run that does not
+    continue a checkpoint of its own starts from that run's latest one instead of from
+    scratch, copied in with its best generator as this run's, to go on as a new MLflow run
+    (``RunState.branched_from``): several runs can go on from one, as the trials of a search
+    over cool-downs do. The other run must be this run, or this run under a schedule whose
+    rates its steps all took, as for resuming."""
     try:
         state = checkpoints.load_state()
     except UserError:
@@ -90,62 +104,68 @@ def resume_or_start(
     if state is not None and state.checkpoint is not None:
         reason = _why_start_over(state, identity, mode, schedule.total_steps, checkpoints.folder)
         if reason is None:
-            if state.identity != identity:
-                start = _decay_start(identity)
-                log.info(
-                    "the checkpoint's %d steps took the learning rates train.lr_decay=%s gives them: continuing%s",
-                    state.step,
-                    identity["train.lr_decay"],
-                    f" (both rates fall from step {start:.0f} of {schedule.total_steps})" if start < math.inf else "",
-                )
-            state = checkpoints.restore(gan.state_variables(), state)
-            state.identity = identity
-            log.info(
-                "resuming from %s after epoch %d (step %d)",
-                checkpoints.folder / state.checkpoint,
-                state.epochs,
-                state.step,
-            )
-            return state
+            return _continue(state, identity, schedule, gan, checkpoints)
         log.warning(reason)
-    elif mode == "always":
+    elif mode == "always" and branch_from is None:
         raise UserError(f"config key train.resume: always, but there is no checkpoint in {checkpoints.folder}")
-    for run_id in {state.mlflow_run_id if state else None, _recorded_run_id(out.run_info)}:
-        tracking.end_abandoned_run(run_id)
-    checkpoints.clear()
-    shutil.rmtree(out.samples, ignore_errors=True)
-    return RunState(identity=identity)
+    # The other run's checkpoints sit in its models folder where this run's sit in its own.
+    source = branch_from / checkpoints.folder.name if branch_from else None
+    if source and not (source / STATE).is_file():
+        raise UserError(f"config key train.branch_from: {branch_from} holds no training checkpoint ({source / STATE})")
+    with locked(branch_from, shared=True) if source else contextlib.nullcontext():  # the other run stays put
+        branched = _branch_source(source, identity, schedule) if source else None
+        for run_id in {state.mlflow_run_id if state else None, _recorded_run_id(out.run_info)}:
+            tracking.end_abandoned_run(run_id)
+        checkpoints.clear()
+        shutil.rmtree(out.samples, ignore_errors=True)
+        if branched is None:
+            return RunState(identity=identity)
+        state = _copy_in(*branched, checkpoints)
+    return _continue(state, identity, schedule, gan, checkpoints)
 
 
-def branch(source: Path, identity: dict, schedule: Schedule, checkpoints: CheckpointDir) -> str | None:
-    """Start this run from the latest checkpoint of another run (``train.branch_from``, that
-    run's models folder ``source``) if it has no checkpoint of its own: the checkpoint and its
-    best generator are copied in as this run's, under a new MLflow run, so several runs can
-    go on from one (a search over cool-downs trains the shared part once). The other run must
-    be this run, or this run under a schedule whose rates its steps all took (as for
-    resuming). Returns the other run's MLflow run id, or None when this run has its own."""
-    own = checkpoints.load_state()
-    if own is not None and own.checkpoint is not None:
-        log.info("train.branch_from: %s holds this run's own checkpoint, which goes on", checkpoints.folder)
-        return None
-    folder = source / checkpoints.folder.name
-    if not (folder / STATE).is_file():
-        raise UserError(f"config key train.branch_from: {source} holds no training checkpoint ({folder / STATE})")
-    with locked(source, shared=True):  # a training of the other run must not replace it meanwhile
-        other = CheckpointDir(folder, checkpoints.keep)
-        state = other.load_state()
-        if state.checkpoint is None:
-            raise UserError(f"config key train.branch_from: {folder} holds no checkpoint yet")
-        _why_start_over(state, identity, "always", schedule.total_steps, folder)
-        copies = {checkpoints.folder / state.checkpoint: folder / state.checkpoint}
-        best = other.best_generator(state)
-        if best is not None and best.is_file():
-            copies[checkpoints.folder / best.name] = best
-        replace_together({copy: partial(shutil.copyfile, original) for copy, original in copies.items()})
-    branched_from, state.mlflow_run_id = state.mlflow_run_id, None
+def _continue(
+    state: RunState, identity: dict, schedule: Schedule, gan: keras.Model, checkpoints: CheckpointDir
+) -> RunState:
+    """Restore the checkpoint ``state`` names into ``gan``, as the run ``identity``."""
+    if state.identity != identity:
+        start = _decay_start(identity)
+        log.info(
+            "the checkpoint's %d steps took the learning rates train.lr_decay=%s gives them: continuing%s",
+            state.step,
+            identity["train.lr_decay"],
+            f" (both rates fall from step {start:.0f} of {schedule.total_steps})" if start < math.inf else "",
+        )
+    state = checkpoints.restore(gan.state_variables(), state)
+    state.identity = identity
+    log.info(
+        "resuming from %s after epoch %d (step %d)", checkpoints.folder / state.checkpoint, state.epochs, state.step
+    )
+    return state
+
+
+def _branch_source(folder: Path, identity: dict, schedule: Schedule) -> tuple[CheckpointDir, RunState]:
+    """Another run's checkpoint folder and its state, if this run can go on from it; else a
+    one-line error naming ``train.branch_from``."""
+    other = CheckpointDir(folder, keep=1)
+    state = other.load_state()
+    if state.checkpoint is None:
+        raise UserError(f"config key train.branch_from: {folder} holds no checkpoint yet (its first epoch runs)")
+    _why_start_over(state, identity, "always", schedule.total_steps, other.folder)
+    return other, state
+
+
+def _copy_in(other: CheckpointDir, state: RunState, checkpoints: CheckpointDir) -> RunState:
+    """The latest checkpoint of ``other`` (and its best generator) as this run's first."""
+    copies = {checkpoints.folder / state.checkpoint: other.folder / state.checkpoint}
+    best = other.best_generator(state)
+    if best is not None and best.is_file():
+        copies[checkpoints.folder / best.name] = best
+    replace_together({copy: partial(shutil.copyfile, original) for copy, original in copies.items()})
+    state.branched_from, state.mlflow_run_id = state.mlflow_run_id, None
     checkpoints.save_state(state)
-    log.info("branching from %s after epoch %d (step %d)", folder / state.checkpoint, state.epochs, state.step)
-    return branched_from
+    log.info("branching from %s after epoch %d (step %d)", other.folder / state.checkpoint, state.epochs, state.step)
+    return state
 
 
 def _differences(old: dict, new: dict) -> list[str]:

@@ -208,12 +208,17 @@ def _train(
     seed_everything(config)
     gan = build_gan(config, manifest, schedule.total_steps, strategy)
     checkpoints = CheckpointDir(out.checkpoints, config.train.keep_checkpoints)
-    identity = resume.identity_of(config, manifest, schedule)
-    if config.train.branch_from:
-        branched_from = resume.branch(Path(config.train.branch_from), identity, schedule, checkpoints)
-        if branched_from:
-            config.tracking.tags.setdefault(tracking.BRANCHED_FROM_TAG, branched_from)
-    state = resume.resume_or_start(config.train.resume, identity, schedule, gan, checkpoints, out)
+    state = resume.resume_or_start(
+        config.train.resume,
+        resume.identity_of(config, manifest, schedule),
+        schedule,
+        gan,
+        checkpoints,
+        out,
+        Path(config.train.branch_from) if config.train.branch_from else None,
+    )
+    if state.branched_from:
+        config.tracking.tags.setdefault(tracking.BRANCHED_FROM_TAG, state.branched_from)
     _share_chief_state(strategy, gan, state)
     grid_noise, scoring_noise = _fixed_noise(config)
     resume.rescore_if_changed(config.metrics, state, schedule, gan, scorer, scoring_noise, checkpoints)
